@@ -1,0 +1,279 @@
+"""One flat run configuration. YAML overrides known fields; `--set key=value` goes on top.
+
+Defaults are the M-GRPO paper's (arXiv 2512.13070, methods.md §1) unless a field says otherwise. Option names
+follow TRL's GRPOConfig where TRL has the same option (`num_generations`, `temperature`, `beta`, `epsilon`,
+`learning_rate`, ...); options TRL lacks take the paper's names (`ema_decay`, `num_momentum_generations`, `iqr_k`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from selfrl.errors import ConfigError
+
+METHODS = ("oracle", "srt", "ttrl", "mgrpo")
+LABEL_FREE_METHODS = ("srt", "ttrl", "mgrpo")
+
+
+@dataclass
+class Config:
+    # --- what to train -------------------------------------------------------------------------------------
+    model: str = "organism"
+    """Local path or hub id of an AutoModelForCausalLM, or "organism" for the built-in CPU model organism."""
+    task: str = "arith"
+    """Built-in task name ("arith") or a task file: "path/to/file.py:ClassName" or "package.module:ClassName"."""
+    method: str = "mgrpo"
+    """oracle (RL on gold answers: uses labels), srt, ttrl or mgrpo (label-free)."""
+    output_dir: str = "runs/run"
+    """Run directory: resolved config, metrics.jsonl, TensorBoard events, checkpoints."""
+    seed: int = 0
+    """Seeds data order, sampling and initialisation; step s samples with seed (seed, s), so resume replays it."""
+
+    # --- rollouts ------------------------------------------------------------------------------------------
+    prompts_per_step: int = 8
+    """B: prompts per training step (M-GRPO paper: 8; SRT paper: 16)."""
+    num_generations: int = 32
+    """G: rollouts per prompt. For mgrpo this is the pooled group, N from the momentum model and G − N from the policy."""
+    num_momentum_generations: int | None = None
+    """N for mgrpo: rollouts per prompt from the momentum model (default G/4; paper: 8 of 32)."""
+    num_votes: int = 64
+    """ttrl only: samples that vote; the first `num_generations` of them are trained (TTRL code: 64 / 32)."""
+    temperature: float = 1.1
+    """Sampling temperature for rollouts (M-GRPO: 1.1; SRT: 1.0; MM-UPT: 0.7)."""
+    max_completion_length: int = 3072
+    """Maximum response tokens per rollout (M-GRPO paper: 3072)."""
+
+    # --- M-GRPO anchor and filter --------------------------------------------------------------------------
+    ema_decay: float = 0.99
+    """m: momentum model update θk ← m·θk + (1 − m)·θq after every optimizer step."""
+    iqr_filter: bool = False
+    """Drop low-entropy trajectories per prompt (H < Q1 − k·IQR) from the vote and the loss. Opt-in on any voting method."""
+    iqr_k: float = 0.75
+    """k of the IQR filter (paper: 0.75)."""
+
+    # --- optimisation --------------------------------------------------------------------------------------
+    learning_rate: float = 1e-6
+    """AdamW learning rate (M-GRPO and SRT papers: 1e-6 for 4B-7B models; the organism needs far more)."""
+    lr_scheduler_type: str = "cosine"
+    """cosine or constant (M-GRPO: cosine with warm-up)."""
+    warmup_ratio: float = 0.1
+    """Share of max_steps spent in linear warm-up (M-GRPO: 0.1)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (TRL default)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (TRL default)."""
+    beta: float = 0.005
+    """KL coefficient to the frozen start model, k3 estimator (M-GRPO: 0.005; SRT: 0.001). 0 skips the reference model."""
+    epsilon: float = 0.2
+    """PPO clip range of the surrogate (GRPO: 0.2)."""
+    max_steps: int = 200
+    """Training steps (one optimizer update per rollout batch)."""
+
+    # --- evaluation, logging, checkpoints ------------------------------------------------------------------
+    eval_every: int = 20
+    """Greedy accuracy on the labelled validation split every this many steps (and at step 0)."""
+    eval_limit: int | None = None
+    """Evaluate on at most this many validation examples (None: all)."""
+    eval_batch_size: int = 256
+    """Prompts per greedy evaluation batch."""
+    save_every: int = 100
+    """Checkpoint every this many steps (and at the last step). 0 disables periodic checkpoints."""
+    gold_diagnostics: bool = True
+    """Log reward/true and reward/label_accuracy from gold training answers, outside the reward path, when the task has them."""
+    report_to: str = "tensorboard"
+    """tensorboard or none. metrics.jsonl is always written."""
+    progress: bool = True
+    """Show progress bars."""
+
+    # --- hardware ------------------------------------------------------------------------------------------
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda."""
+    dtype: str = "float32"
+    """float32 or bfloat16 for the policy's forward passes. The momentum EMA is always kept in fp32."""
+    torch_threads: int | None = None
+    """CPU threads for torch (None: torch's default)."""
+
+    # ---------------------------------------------------------------------------------------------------------
+    def n_momentum(self) -> int:
+        """N: momentum rollouts per prompt (0 unless method is mgrpo)."""
+        if self.method != "mgrpo":
+            return 0
+        return self.num_generations // 4 if self.num_momentum_generations is None else self.num_momentum_generations
+
+    def validate(self) -> "Config":
+        """Raise ConfigError naming the first invalid field."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method: unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.num_generations < 2:
+            raise ConfigError(f"num_generations: must be at least 2 for group advantages, got {self.num_generations}")
+        if self.method == "mgrpo":
+            n = self.n_momentum()
+            if n < 1:
+                raise ConfigError(
+                    f"num_momentum_generations: mgrpo needs at least 1 momentum rollout per prompt, got {n} "
+                    f"(num_generations={self.num_generations}); with none it would silently be srt"
+                )
+            if self.num_generations - n < 2:
+                raise ConfigError(
+                    f"num_momentum_generations: {n} of num_generations={self.num_generations} leaves fewer than 2 policy rollouts"
+                )
+        if self.method == "ttrl" and self.num_votes < self.num_generations:
+            raise ConfigError(f"num_votes: {self.num_votes} must be >= num_generations ({self.num_generations}) for ttrl")
+        checks = [
+            ("prompts_per_step", self.prompts_per_step >= 1),
+            ("max_completion_length", self.max_completion_length >= 1),
+            ("temperature", self.temperature > 0),
+            ("ema_decay", 0.0 <= self.ema_decay <= 1.0),
+            ("iqr_k", self.iqr_k >= 0),
+            ("learning_rate", self.learning_rate > 0),
+            ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0),
+            ("beta", self.beta >= 0),
+            ("epsilon", self.epsilon > 0),
+            ("max_steps", self.max_steps >= 1),
+            ("eval_every", self.eval_every >= 1),
+            ("save_every", self.save_every >= 0),
+            ("eval_batch_size", self.eval_batch_size >= 1),
+            ("eval_limit", self.eval_limit is None or self.eval_limit >= 1),
+            ("torch_threads", self.torch_threads is None or self.torch_threads >= 1),
+        ]
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name}: must be finite, got {v!r}")
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"{name}: invalid value {getattr(self, name)!r}")
+        choices = {
+            "lr_scheduler_type": ("cosine", "constant"),
+            "report_to": ("tensorboard", "none"),
+            "device": ("auto", "cpu", "cuda"),
+            "dtype": ("float32", "bfloat16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _coerce(name: str, value: object) -> object:
+    """Check `value` against the field's annotation; accept ints for floats and strings from --set."""
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: may not be null")
+    if isinstance(value, str) and base is not str:
+        text = value.strip()
+        if optional and text.lower() in ("none", "null", "~"):
+            return None
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"{name}: cannot parse {value!r} as {base.__name__}") from None
+    if base is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" as a string; a float field accepts any float literal.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(f"{name}: expected {base.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: dict, source: str) -> Config:
+    """Return a copy of cfg with known fields replaced; an unknown key is an error naming it and its source."""
+    values = {}
+    for key, value in overrides.items():
+        if key not in _FIELDS:
+            close = [f for f in _FIELDS if key and f.startswith(str(key)[:4])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
+        values[key] = _coerce(key, value)
+    return dataclasses.replace(cfg, **values)
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """['a=1', 'b=x'] -> {'a': '1', 'b': 'x'}; values are parsed against the field type later."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> Config:
+    """Defaults ← YAML file ← --set pairs, then validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} is not valid YAML") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        cfg = apply_overrides(cfg, data, str(path))
+    if sets:
+        cfg = apply_overrides(cfg, parse_sets(sets), "--set")
+    return cfg.validate()
+
+
+def config_from_dict(data: dict, source: str) -> Config:
+    return apply_overrides(Config(), data, source).validate()
+
+
+def config_hash(cfg: Config) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def field_docs() -> dict[str, str]:
+    """Field name -> its one-line docstring (for `selfrl train --help-config`)."""
+    import ast
+    import inspect
+
+    src = inspect.getsource(Config)
+    docs, last = {}, None
+    for node in ast.parse(src).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            last = node.target.id
+        elif last and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            docs[last] = node.value.value
+            last = None
+    return docs
+
+
+__all__ = ["Config", "load_config", "config_from_dict", "apply_overrides", "METHODS", "LABEL_FREE_METHODS"]
