@@ -1,0 +1,3 @@
+from selfrl.cli import main
+
+raise SystemExit(main())

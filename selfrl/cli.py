@@ -1,0 +1,136 @@
+"""The `selfrl` command line: train, eval, demo, report."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from selfrl.errors import SelfRLError
+
+
+def _quiet_libraries() -> None:
+    # transformers prints a progress bar per weight load; selfrl shows its own bars for long work.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def cmd_train(args) -> None:
+    from selfrl.config import load_config
+    from selfrl.train import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise SelfRLError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+        cfg = load_config(run_dir / "config.yaml", (args.set or []) + [f"output_dir={run_dir}"])
+    else:
+        cfg = load_config(args.config, args.set)  # no CONFIG: the defaults, with --set on top
+    out = train(cfg, resume=bool(args.resume))
+    print(f"run directory: {out}")
+
+
+def resolve_model_dir(path: str) -> str:
+    """A run directory -> its latest checkpoint's policy; a step_* checkpoint -> its policy; else unchanged."""
+    from selfrl.checkpoint import latest_checkpoint
+
+    p = Path(path)
+    if (p / "metrics.jsonl").is_file():
+        ckpt = latest_checkpoint(p)
+        if ckpt is None:
+            raise SelfRLError(f"{p} holds no checkpoint yet")
+        p = ckpt
+    if (p / "meta.json").is_file():
+        return str(p / "policy")
+    return path
+
+
+def cmd_eval(args) -> None:
+    from selfrl.evaluate import greedy_accuracy
+    from selfrl.models import load_model, organism_path, resolve_device
+    from selfrl.tasks import load_task
+
+    task = load_task(args.task)
+    path = str(organism_path()) if args.model == "organism" else resolve_model_dir(args.model)
+    model, tok = load_model(path, resolve_device(args.device))
+    examples = task.eval_examples(args.split)[: args.limit]
+    acc, _ = greedy_accuracy(model, tok, task, examples, args.max_completion_length, args.batch_size)
+    print(f"{args.split} accuracy (greedy, n={len(examples)}): {acc:.4f}")
+
+
+def cmd_demo(args) -> None:
+    from selfrl.demo import run_demo
+
+    run_demo(args.out, args.set)
+
+
+def cmd_report(args) -> None:
+    from selfrl.report import write_report
+
+    out = args.out or (Path(args.runs[0]).parent if len(args.runs) > 1 else Path(args.runs[0]))
+    print(write_report([Path(r) for r in args.runs], Path(out)))
+    print(f"written: {Path(out) / 'report.md'}, {Path(out) / 'report.png'}")
+
+
+def cmd_config(args) -> None:
+    from selfrl.config import Config, field_docs, load_config
+
+    cfg = load_config(args.config, args.set) if (args.config or args.set) else Config()
+    docs = field_docs()
+    for name, value in cfg.to_dict().items():
+        print(f"{name}: {value!r}\n    {docs.get(name, '')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfrl", description="Label-free self-evolving RL for causal LMs (M-GRPO).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train with a YAML config")
+    t.add_argument("config", nargs="?", help="YAML file of config fields (default: built-in defaults)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="greedy accuracy of a model, checkpoint or run on a labelled split")
+    e.add_argument("model", help="model directory, step_* checkpoint, run directory, or 'organism'")
+    e.add_argument("--task", default="arith")
+    e.add_argument("--split", default="test")
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--max-completion-length", type=int, default=64)
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="oracle vs srt vs mgrpo vs mgrpo+IQR on the built-in model organism")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the demo config")
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("report", help="plots and a start/peak/final table for run directories")
+    r.add_argument("runs", nargs="+", help="run directories")
+    r.add_argument("--out", help="where to write report.md and report.png")
+    r.set_defaults(func=cmd_report)
+    c = sub.add_parser("config", help="print every config field with its value and meaning")
+    c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except SelfRLError as e:
+        print(f"selfrl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("selfrl: interrupted", file=sys.stderr)
+        return 130
+    return 0

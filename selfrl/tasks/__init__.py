@@ -1,0 +1,92 @@
+"""Tasks: prompt formatting, answer extraction, equivalence and data, in one file each (style.md §8).
+
+A task is any class with these methods (subclass `Task` to inherit the defaults):
+
+    format_prompt(question) -> str            text the model continues (default: the question itself)
+    extract_answer(completion) -> str | None  the final answer in a completion, None when there is none
+    is_equivalent(a, b) -> bool               whether two extracted answers are the same answer
+    train_prompts() -> list[str]              UNLABELLED training questions: all a label-free method ever sees
+    train_answers() -> list[str]              gold answers of train_prompts(), for `oracle` and logged diagnostics only
+    eval_examples(split) -> list[(question, answer)]   labelled "val" / "test" examples, for evaluation only
+
+The trainer keeps the two data paths apart: rewards are computed from `train_prompts()` and the model's own
+answers; `train_answers()` is read only by the `oracle` reward and by the diagnostics logger, after the update.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from selfrl.errors import TaskError
+
+REQUIRED = ("format_prompt", "extract_answer", "is_equivalent", "train_prompts", "eval_examples")
+
+
+class Task:
+    """Defaults for a task; a subclass overrides what it needs."""
+
+    name = "task"
+
+    def format_prompt(self, question: str) -> str:
+        return question
+
+    def extract_answer(self, completion: str) -> str | None:
+        raise NotImplementedError
+
+    def is_equivalent(self, a: str, b: str) -> bool:
+        return a.strip() == b.strip()
+
+    def train_prompts(self) -> list[str]:
+        raise NotImplementedError
+
+    def train_answers(self) -> list[str]:
+        raise TaskError(f"task {self.name!r} has no gold training answers (method 'oracle' needs them)")
+
+    def eval_examples(self, split: str) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+
+def _load_class(spec: str):
+    target, _, cls_name = spec.rpartition(":")
+    if not target or not cls_name:
+        raise TaskError(f"task {spec!r}: expected a built-in name, 'path/to/file.py:ClassName' or 'package.module:ClassName'")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise TaskError(f"task file not found: {path}")
+        mod_name = f"selfrl_task_{path.stem}"
+        mspec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[mod_name] = module
+        try:
+            mspec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure in user code is reported as one line
+            raise TaskError(f"task file {path} failed to import: {type(e).__name__}: {e}") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as e:  # noqa: BLE001
+            raise TaskError(f"task module {target!r} failed to import: {type(e).__name__}: {e}") from None
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise TaskError(f"task {spec!r}: {target} defines no {cls_name!r}")
+    return cls
+
+
+def load_task(spec: str):
+    """Instantiate a task from a built-in name or a 'file.py:Class' / 'module:Class' spec and check its interface."""
+    if spec == "arith":
+        from selfrl.tasks.arith import ArithTask
+
+        return ArithTask()
+    cls = _load_class(spec)
+    try:
+        task = cls()
+    except Exception as e:  # noqa: BLE001
+        raise TaskError(f"task {spec!r}: constructing {cls.__name__} failed: {type(e).__name__}: {e}") from None
+    missing = [m for m in REQUIRED if not callable(getattr(task, m, None))]
+    if missing:
+        raise TaskError(f"task {spec!r} lacks method(s): {', '.join(missing)}")
+    return task

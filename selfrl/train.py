@@ -1,0 +1,280 @@
+"""selfrl's trainer: momentum-anchored GRPO (M-GRPO) and the majority-vote family it stabilises.
+
+What we keep from the M-GRPO paper (arXiv 2512.13070, methods.md §1)
+  * A momentum model θk, an EMA of the policy θq (decay 0.99, fp32, once per optimizer step, after the step),
+    generates N = G/4 of the G rollouts per prompt from its *current* weights every step; the policy generates
+    M = G − N. Both vote for the pseudo-label; only the policy's rollouts are rewarded and trained.
+  * The IQR filter (`iqr_filter`): per prompt, trajectories whose mean token entropy is below Q1 − 0.75·IQR
+    leave the vote, the group statistics and the loss.
+  * GRPO: group-normalised advantages, token-mean clipped surrogate (clip 0.2), k3 KL to the start model (0.005),
+    AdamW with cosine schedule and 10% warm-up.
+
+What we change, and why
+  * The authors' public code comments out the momentum rollouts, has no IQR filter and lets gold labels reach the
+    reward. We implement the paper: here gold answers never enter a label-free reward. The loop gets unlabelled
+    prompts from `task.train_prompts()`; gold answers are read by the `oracle` reward (clearly a labelled method)
+    and by `GoldAudit`, which only logs diagnostics after the update.
+  * Entropy H(y) is the mean over response tokens (padding excluded) of the generating model's entropy at the
+    sampling temperature; the paper does not define it.
+  * One optimizer update per rollout batch, so the "old" log-probs are the current ones (ratio 1): we do not
+    recompute them. No reference model is built when beta == 0.
+
+The same loop runs `oracle` (gold reward: the ceiling), `srt` (vote over the policy's own G samples), `ttrl`
+(vote over `num_votes`, train on the first `num_generations`) and `mgrpo`.
+
+Launching
+  * 1 CPU:   selfrl train configs/organism_mgrpo.yaml          (or `selfrl demo` for the built-in comparison)
+  * 1 GPU:   selfrl train my.yaml --set device=cuda --set dtype=bfloat16
+  * many GPUs: not in this version; rollouts are generated on one device.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from selfrl import core
+from selfrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from selfrl.config import Config
+from selfrl.errors import SelfRLError, TaskError
+from selfrl.evaluate import greedy_accuracy
+from selfrl.logger import MetricsLogger
+from selfrl.models import load_model, organism_path, resolve_device
+from selfrl.rollout import cat_rollouts, encode_prompts, generate, score
+from selfrl.tasks import load_task
+
+log = logging.getLogger("selfrl")
+
+
+class PromptStream:
+    """Epoch-shuffled prompt indices. The cursor (prompts served so far) is all the state a resume needs."""
+
+    def __init__(self, n: int, seed: int, cursor: int = 0):
+        self.n, self.seed, self.cursor = n, seed, cursor
+
+    def next(self, b: int) -> list[int]:
+        out = []
+        for c in range(self.cursor, self.cursor + b):
+            epoch, i = divmod(c, self.n)
+            out.append(int(np.random.default_rng([self.seed, epoch]).permutation(self.n)[i]))
+        self.cursor += b
+        return out
+
+
+class GoldAudit:
+    """Diagnostics from gold training answers, computed after the update; nothing here feeds a reward."""
+
+    def __init__(self, task):
+        self.task = task
+        self.gold = task.train_answers()
+
+    def metrics(self, ids: list[int], labels: list[str | None], answers: list[list[str | None]], m: int) -> dict:
+        gold = [self.gold[i] for i in ids]
+        eq = self.task.is_equivalent
+        label_acc = np.mean([lbl is not None and eq(lbl, g) for lbl, g in zip(labels, gold)])
+        true = np.mean([a is not None and eq(a, g) for row, g in zip(answers, gold) for a in row[:m]])
+        return {"reward/label_accuracy": float(label_acc), "reward/true": float(true)}
+
+
+@dataclass
+class Setup:
+    cfg: Config
+    run_dir: Path
+    task: object
+    model: torch.nn.Module
+    tokenizer: object
+    momentum: torch.nn.Module | None
+    ref: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    stream: PromptStream
+    prompts: list[str]
+    start_step: int
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model).float()  # the EMA must accumulate in fp32 (methods.md §1)
+    clone.requires_grad_(False)
+    return clone.eval()
+
+
+def setup(cfg: Config, resume: bool = False) -> Setup:
+    """Build everything the loop needs; on resume restore it from the run directory's latest checkpoint."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    run_dir = Path(cfg.output_dir)
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        raise SelfRLError(f"output_dir {run_dir} already holds a run; pass --resume {run_dir} or choose another output_dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+    except OSError as e:
+        raise SelfRLError(f"output_dir {run_dir} is not writable: {e.strerror}") from None
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    task = load_task(cfg.task)
+    model_path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
+    model, tokenizer = load_model(model_path, device)
+    model.train()
+    prompts = task.train_prompts()
+    if not prompts:
+        raise TaskError(f"task {cfg.task!r} has no training prompts")
+    momentum = _frozen_copy(model) if cfg.method == "mgrpo" else None
+    ref = _frozen_copy(model) if cfg.beta > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+    if cfg.lr_scheduler_type == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, cfg.max_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    stream, start_step = PromptStream(len(prompts), cfg.seed), 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise SelfRLError(f"--resume {run_dir}: no checkpoint found (step_*/meta.json)")
+        meta = load_checkpoint(ckpt, model, dict(momentum.named_parameters()) if momentum else None, optimizer, scheduler)
+        start_step, stream.cursor = meta["step"], meta["cursor"]
+        log.info("resumed from %s (step %d)", ckpt, start_step)
+    return Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, optimizer, scheduler, stream, prompts, start_step)
+
+
+def evaluate(s: Setup) -> dict:
+    examples = s.task.eval_examples("val")[: s.cfg.eval_limit]
+    acc, _ = greedy_accuracy(s.model, s.tokenizer, s.task, examples, s.cfg.max_completion_length, s.cfg.eval_batch_size)
+    return {"val/accuracy": acc}
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Run (or resume) a training run; returns the run directory."""
+    s = setup(cfg, resume)
+    model, tok, task = s.model, s.tokenizer, s.task
+    device = next(model.parameters()).device
+    eq = task.is_equivalent
+    audit = None
+    if cfg.method == "oracle":
+        audit = GoldAudit(task)  # the labelled ceiling: a task without gold answers fails here, clearly
+    elif cfg.gold_diagnostics:
+        try:
+            audit = GoldAudit(task)
+        except TaskError as e:
+            log.info("gold diagnostics off: %s", e)
+    B = cfg.prompts_per_step
+    N = cfg.n_momentum()  # momentum rollouts per prompt (mgrpo)
+    M = cfg.num_generations - N  # policy rollouts per prompt, the ones trained
+    V = cfg.num_votes if cfg.method == "ttrl" else M  # policy samples per prompt (ttrl votes with extra ones)
+    G = V + N  # pooled voters per prompt
+    logger = MetricsLogger(s.run_dir, cfg.report_to, truncate_after=s.start_step if resume else None)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+    if s.start_step == 0:
+        logger.log(0, evaluate(s))
+
+    bar = tqdm(range(s.start_step + 1, cfg.max_steps + 1), desc=f"{cfg.method}", disable=not cfg.progress)
+    for step in bar:
+        t0 = time.perf_counter()
+        # 1. prompts (questions only: no answers are fetched here) and per-step sampling seed (resume replays it)
+        ids = s.stream.next(B)
+        batch = encode_prompts(tok, [task.format_prompt(s.prompts[i]) for i in ids], device)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        # 2. rollouts: V per prompt from the policy, N per prompt from the momentum model's current EMA weights
+        with amp:
+            pol = generate(model, tok, batch, V, cfg.max_completion_length, cfg.temperature)
+            parts = [pol] + ([generate(s.momentum, tok, batch, N, cfg.max_completion_length, cfg.temperature)] if N else [])
+        rows = torch.arange(B * V).view(B, V)
+        train_rows = rows[:, :M].reshape(-1)  # (B*M,) the policy rollouts that are trained
+        trained = pol.take(train_rows)
+        # 3. score the trained rollouts with grad: log-probs and entropies from one forward pass
+        with amp:
+            logp, ent = score(model, trained, cfg.temperature)  # (B*M, T) each
+        resp_mask = trained.response_mask.float()  # (B*M, T)
+        H_train = core.masked_mean(ent, resp_mask, dim=1).view(B, M)
+        # Entropies of the extra voters (ttrl's untrained votes, mgrpo's momentum rollouts) for the filter, no grad
+        H_extra = torch.zeros(B, G - M, device=device)
+        anchor_kl = float("nan")
+        with torch.no_grad(), amp:
+            if V > M and cfg.iqr_filter:
+                extra = pol.take(rows[:, M:].reshape(-1))
+                _, e = score(model, extra, cfg.temperature)
+                H_extra[:, : V - M] = core.masked_mean(e, extra.response_mask.float(), dim=1).view(B, V - M)
+            if N:
+                both = cat_rollouts([trained, parts[1]], tok.pad_token_id)
+                k_logp, k_ent = score(s.momentum, both, cfg.temperature)
+                n_tr = B * M
+                anchor_kl = core.masked_mean(core.k3_kl(logp.detach(), k_logp[:n_tr, : logp.shape[1]]), resp_mask).item()
+                H_mom = core.masked_mean(k_ent[n_tr:], both.response_mask[n_tr:].float(), dim=1).view(B, N)
+                H_extra[:, V - M :] = H_mom
+        H = torch.cat([H_train, H_extra], dim=1)  # (B, G) pooled: [trained | untrained votes | momentum]
+        # 4. entropy filter over the pooled group, then the vote among the survivors
+        keep = core.iqr_keep_mask(H, cfg.iqr_k) if cfg.iqr_filter else torch.ones(B, G, dtype=torch.bool)
+        keep = keep.cpu()
+        texts = [[pol.texts[i * V + j] for j in range(V)] + ([parts[1].texts[i * N + j] for j in range(N)] if N else [])
+                 for i in range(B)]
+        answers = [[task.extract_answer(t) for t in row] for row in texts]  # B lists of G
+        if cfg.method == "oracle":
+            labels = [audit.gold[i] for i in ids]  # labelled method: the ceiling, never label-free
+            shares = [float("nan")] * B
+        else:
+            votes = [core.majority_vote([a for a, k in zip(row, krow) if k], eq) for row, krow in zip(answers, keep.tolist())]
+            labels, shares = [v[0] for v in votes], [v[1] for v in votes]
+        # 5. rewards for the trained policy rollouts only; advantages among the kept ones
+        rewards = torch.tensor([core.match_rewards(row[:M], lbl, eq) for row, lbl in zip(answers, labels)])  # (B, M)
+        keep_train = keep[:, :M]
+        adv = core.group_advantages(rewards, keep_train).to(device)  # (B, M)
+        loss_mask = resp_mask * keep_train.reshape(-1, 1).to(device).float()  # dropped rows leave the loss
+        ref_logp = None
+        if s.ref is not None:
+            with torch.no_grad(), amp:
+                ref_logp, _ = score(s.ref, trained, cfg.temperature)
+        # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached)
+        with amp:
+            loss, lm = core.policy_loss(logp, logp.detach(), adv.reshape(-1), loss_mask, cfg.epsilon, cfg.beta, ref_logp)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+        s.optimizer.step()
+        s.scheduler.step()
+        # 7. momentum update after the optimizer step, every step
+        if s.momentum is not None:
+            core.ema_update_(list(s.momentum.parameters()), [p.detach().float() for p in model.parameters()], cfg.ema_decay)
+        # 8. log
+        kept_r = rewards[keep_train]
+        unanimous = [bool((r[k] == r[k][0]).all()) if k.any() else True for r, k in zip(rewards, keep_train)]
+        metrics = {
+            "reward/pseudo": kept_r.mean().item() if kept_r.numel() else 0.0,
+            "vote/majority_share": float(np.nanmean(shares)) if cfg.method != "oracle" else None,
+            "vote/unanimous_groups": float(np.mean(unanimous)),
+            "vote/answer_diversity": len({lbl for lbl in labels if lbl is not None}) / B,
+            "policy/entropy": core.masked_mean(ent, resp_mask).item(),
+            "policy/response_length": resp_mask.sum(1).mean().item(),
+            "filter/dropped": int((~keep).sum()),
+            "filter/dropped_frac": float((~keep).float().mean()),
+            "anchor/kl": anchor_kl if N else None,
+            **lm,
+            "grad/norm": grad_norm,
+            "lr": s.scheduler.get_last_lr()[0],
+        }
+        if audit is not None:
+            metrics.update(audit.metrics(ids, labels, answers, M))
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            metrics.update(evaluate(s))
+        metrics["time/step_s"] = time.perf_counter() - t0
+        if not math.isfinite(metrics["loss/pg"]):
+            raise SelfRLError(f"step {step}: loss is not finite; stopping (last checkpoint kept)")
+        logger.log(step, metrics)
+        bar.set_postfix(r=f"{metrics['reward/pseudo']:.2f}", H=f"{metrics['policy/entropy']:.2f}",
+                        val=f"{metrics.get('val/accuracy', float('nan')):.2f}")
+        # 9. checkpoint
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+            momentum_state = dict(s.momentum.named_parameters()) if s.momentum is not None else None
+            save_checkpoint(s.run_dir, step, model, tok, momentum_state, s.optimizer, s.scheduler, s.stream.cursor)
+    logger.close()
+    return s.run_dir

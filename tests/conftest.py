@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny organism (SFT'd just long enough to emit the answer format) saved with save_pretrained."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            sft_max_steps=120, sft_eval_every=60, target_accuracy=1.1, sft_learning_rate=3e-3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A ~40k-parameter Qwen2 organism on disk; it writes well-formed but mostly wrong answers (rewards vary)."""
+    from selfrl.models import OrganismSpec, train_organism
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    train_organism(OrganismSpec(**TINY), out, progress=False)
+    return out
+
+
+def tiny_sets(model_dir: Path, out_dir: Path, **extra) -> list[str]:
+    """--set pairs for a 2-step run on the tiny model."""
+    sets = dict(model=str(model_dir), task="arith", output_dir=str(out_dir), max_steps=2, prompts_per_step=4,
+                num_generations=4, num_votes=6, max_completion_length=12, learning_rate=1e-2, eval_every=1,
+                eval_limit=16, save_every=1, progress="false", report_to="none", beta=0.0,
+                lr_scheduler_type="constant", warmup_ratio=0.0, temperature=1.0)
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
