@@ -175,8 +175,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
     G = V + N  # pooled voters per prompt
     logger = MetricsLogger(s.run_dir, cfg.report_to, truncate_after=s.start_step if resume else None)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+    last_val = float("nan")
     if s.start_step == 0:
-        logger.log(0, evaluate(s))
+        first = evaluate(s)
+        logger.log(0, first)
+        last_val = first["val/accuracy"]
 
     bar = tqdm(range(s.start_step + 1, cfg.max_steps + 1), desc=f"{cfg.method}", disable=not cfg.progress)
     for step in bar:
@@ -264,14 +267,14 @@ def train(cfg: Config, resume: bool = False) -> Path:
         }
         if audit is not None:
             metrics.update(audit.metrics(ids, labels, answers, M))
+        metrics["time/step_s"] = time.perf_counter() - t0  # the training step alone, evaluation excluded
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             metrics.update(evaluate(s))
-        metrics["time/step_s"] = time.perf_counter() - t0
         if not math.isfinite(metrics["loss/pg"]):
             raise SelfRLError(f"step {step}: loss is not finite; stopping (last checkpoint kept)")
         logger.log(step, metrics)
-        bar.set_postfix(r=f"{metrics['reward/pseudo']:.2f}", H=f"{metrics['policy/entropy']:.2f}",
-                        val=f"{metrics.get('val/accuracy', float('nan')):.2f}")
+        last_val = metrics.get("val/accuracy", last_val)
+        bar.set_postfix(r=f"{metrics['reward/pseudo']:.2f}", H=f"{metrics['policy/entropy']:.2f}", val=f"{last_val:.2f}")
         # 9. checkpoint
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             momentum_state = dict(s.momentum.named_parameters()) if s.momentum is not None else None

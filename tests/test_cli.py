@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,40 @@ def test_cli_eval_and_report(tiny_model_dir, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| srt | srt | none |" in md
     assert (tmp_path / "rep" / "report.png").stat().st_size > 10_000
+
+
+def test_readme_example_task_trains(tiny_model_dir, tmp_path):
+    """examples/my_task.py is the README's task file: it loads by path and trains with its own YAML."""
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "examples" / "my_task.py").read_text().split("from selfrl.tasks import Task", 1)[1].strip() in (
+        root / "README.md"
+    ).read_text()  # the README shows the file as it is
+    out = tmp_path / "my_task"
+    cfg = load_config(root / "examples" / "my_task.yaml",
+                      [s for s in tiny_sets(tiny_model_dir, out) if not s.startswith("task=")]
+                      + [f"task={root / 'examples' / 'my_task.py'}:SmallSums"])
+    assert cfg.method == "mgrpo" and cfg.iqr_filter
+    train(cfg)
+    assert params_changed(tiny_model_dir, out / "step_000002") > 0
+
+
+def test_bad_task_specs_are_one_line_errors(tmp_path):
+    from selfrl.errors import TaskError
+    from selfrl.tasks import load_task
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ImportError('no module named foo')\n")
+    partial = tmp_path / "partial.py"
+    partial.write_text("class P:\n    def extract_answer(self, c):\n        return None\n")
+    cases = [
+        ("nope", "expected a built-in name"),
+        (f"{tmp_path / 'missing.py'}:X", "task file not found"),
+        (f"{broken}:X", "failed to import: ImportError"),
+        (f"{partial}:Q", "defines no 'Q'"),
+        (f"{partial}:P", "lacks method(s): format_prompt, is_equivalent, train_prompts, eval_examples"),
+        ("no_such_package.mod:X", "failed to import"),
+    ]
+    for spec, msg in cases:
+        with pytest.raises(TaskError, match=re.escape(msg)) as e:
+            load_task(spec)
+        assert "\n" not in str(e.value)
