@@ -7,7 +7,6 @@ follow TRL's GRPOConfig where TRL has the same option (`num_generations`, `tempe
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import typing
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ import yaml
 from selfrl.errors import ConfigError
 
 METHODS = ("oracle", "srt", "ttrl", "mgrpo")
-LABEL_FREE_METHODS = ("srt", "ttrl", "mgrpo")
 
 
 @dataclass
@@ -250,18 +248,8 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
     return cfg.validate()
 
 
-def config_from_dict(data: dict, source: str) -> Config:
-    return apply_overrides(Config(), data, source).validate()
-
-
-def config_hash(cfg: Config) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
-
 def field_docs() -> dict[str, str]:
-    """Field name -> its one-line docstring (for `selfrl train --help-config`)."""
+    """Field name -> its one-line docstring (printed by `selfrl config`)."""
     import ast
     import inspect
 
@@ -276,4 +264,4 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-__all__ = ["Config", "load_config", "config_from_dict", "apply_overrides", "METHODS", "LABEL_FREE_METHODS"]
+__all__ = ["Config", "load_config", "apply_overrides", "METHODS"]

@@ -27,14 +27,11 @@ class Rollouts:
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len :]  # (N, T)
 
-    def take(self, rows: torch.Tensor | slice) -> "Rollouts":
-        if isinstance(rows, slice):
-            idx = range(len(self.texts))[rows]
-        else:
-            idx = rows.tolist()
+    def take(self, rows: torch.Tensor) -> "Rollouts":
+        """The rows with these indices, in this order."""
         return Rollouts(
             self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows], self.prompt_len,
-            [self.texts[i] for i in idx],
+            [self.texts[i] for i in rows.tolist()],
         )
 
 

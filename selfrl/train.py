@@ -57,12 +57,18 @@ class PromptStream:
 
     def __init__(self, n: int, seed: int, cursor: int = 0):
         self.n, self.seed, self.cursor = n, seed, cursor
+        self._epoch, self._order = -1, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:  # one shuffle per epoch, not one per prompt served
+            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._order
 
     def next(self, b: int) -> list[int]:
         out = []
         for c in range(self.cursor, self.cursor + b):
             epoch, i = divmod(c, self.n)
-            out.append(int(np.random.default_rng([self.seed, epoch]).permutation(self.n)[i]))
+            out.append(int(self._permutation(epoch)[i]))
         self.cursor += b
         return out
 
@@ -191,7 +197,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         # 2. rollouts: V per prompt from the policy, N per prompt from the momentum model's current EMA weights
         with amp:
             pol = generate(model, tok, batch, V, cfg.max_completion_length, cfg.temperature)
-            parts = [pol] + ([generate(s.momentum, tok, batch, N, cfg.max_completion_length, cfg.temperature)] if N else [])
+            mom = generate(s.momentum, tok, batch, N, cfg.max_completion_length, cfg.temperature) if N else None
         rows = torch.arange(B * V).view(B, V)
         train_rows = rows[:, :M].reshape(-1)  # (B*M,) the policy rollouts that are trained
         trained = pol.take(train_rows)
@@ -209,7 +215,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 _, e = score(model, extra, cfg.temperature)
                 H_extra[:, : V - M] = core.masked_mean(e, extra.response_mask.float(), dim=1).view(B, V - M)
             if N:
-                both = cat_rollouts([trained, parts[1]], tok.pad_token_id)
+                both = cat_rollouts([trained, mom], tok.pad_token_id)
                 k_logp, k_ent = score(s.momentum, both, cfg.temperature)
                 n_tr = B * M
                 anchor_kl = core.masked_mean(core.k3_kl(logp.detach(), k_logp[:n_tr, : logp.shape[1]]), resp_mask).item()
@@ -219,7 +225,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         # 4. entropy filter over the pooled group, then the vote among the survivors
         keep = core.iqr_keep_mask(H, cfg.iqr_k) if cfg.iqr_filter else torch.ones(B, G, dtype=torch.bool)
         keep = keep.cpu()
-        texts = [[pol.texts[i * V + j] for j in range(V)] + ([parts[1].texts[i * N + j] for j in range(N)] if N else [])
+        texts = [[pol.texts[i * V + j] for j in range(V)] + ([mom.texts[i * N + j] for j in range(N)] if N else [])
                  for i in range(B)]
         answers = [[task.extract_answer(t) for t in row] for row in texts]  # B lists of G
         if cfg.method == "oracle":
