@@ -31,7 +31,9 @@ def demo_config_path() -> Path:
 def run_demo(out_dir: str = "runs/demo", sets: list[str] | None = None, progress: bool = True) -> str:
     out = Path(out_dir)
     t0 = time.perf_counter()
-    print(f"[demo] model organism: {organism_path(progress=progress)}")
+    base = load_config(demo_config_path(), list(sets or []))
+    if base.model == "organism":
+        print(f"[demo] model organism: {organism_path(progress=progress)}")
     run_dirs = []
     for name, run_sets in DEMO_RUNS:
         run_dir = out / name

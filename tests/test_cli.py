@@ -148,3 +148,17 @@ def test_bad_task_specs_are_one_line_errors(tmp_path):
         with pytest.raises(TaskError, match=re.escape(msg)) as e:
             load_task(spec)
         assert "\n" not in str(e.value)
+
+
+def test_demo_runs_four_methods_and_keeps_finished_runs(tiny_model_dir, tmp_path, capsys):
+    from selfrl.demo import run_demo
+
+    sets = [f"model={tiny_model_dir}", "max_steps=2", "eval_every=1", "eval_limit=8", "prompts_per_step=4",
+            "save_every=1", "report_to=none"]
+    md = run_demo(str(tmp_path / "demo"), sets, progress=False)
+    for row in ("| oracle | oracle | gold answers (reward) |", "| srt | srt | none |", "| mgrpo | mgrpo | none |",
+                "| mgrpo_iqr | mgrpo+iqr | none |"):
+        assert row in md
+    assert (tmp_path / "demo" / "report.png").is_file()
+    run_demo(str(tmp_path / "demo"), sets, progress=False)  # a second call keeps what is finished
+    assert capsys.readouterr().out.count("already finished, kept") == 4
