@@ -30,7 +30,6 @@ Launching
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +245,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
         # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached)
         with amp:
             loss, lm = core.policy_loss(logp, logp.detach(), adv.reshape(-1), loss_mask, cfg.epsilon, cfg.beta, ref_logp)
+        if not torch.isfinite(loss):  # before the update: a non-finite loss must not reach the weights
+            raise SelfRLError(f"step {step}: loss is not finite; stopping (last checkpoint kept)")
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
@@ -276,8 +277,6 @@ def train(cfg: Config, resume: bool = False) -> Path:
         metrics["time/step_s"] = time.perf_counter() - t0  # the training step alone, evaluation excluded
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             metrics.update(evaluate(s))
-        if not math.isfinite(metrics["loss/pg"]):
-            raise SelfRLError(f"step {step}: loss is not finite; stopping (last checkpoint kept)")
         logger.log(step, metrics)
         last_val = metrics.get("val/accuracy", last_val)
         bar.set_postfix(r=f"{metrics['reward/pseudo']:.2f}", H=f"{metrics['policy/entropy']:.2f}", val=f"{last_val:.2f}")
