@@ -126,7 +126,7 @@ def _sft_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tenso
     for i, (s, qi) in enumerate(zip(seqs, q)):
         ids[i, : len(s)] = torch.tensor(s)
         labels[i, len(qi) : len(s)] = torch.tensor(s[len(qi) :])
-    return {"input_ids": ids, "attention_mask": (labels != -100) | (ids != tokenizer.pad_token_id), "labels": labels}
+    return {"input_ids": ids, "attention_mask": ids != tokenizer.pad_token_id, "labels": labels}
 
 
 def train_organism(spec: OrganismSpec, out_dir: Path, progress: bool = True) -> dict:

@@ -30,3 +30,15 @@ def tiny_sets(model_dir: Path, out_dir: Path, **extra) -> list[str]:
                 lr_scheduler_type="constant", warmup_ratio=0.0, temperature=1.0)
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]
+
+
+def policy_weights(ckpt: Path) -> dict:
+    """The policy tensors of a step_* checkpoint."""
+    from safetensors.torch import load_file
+
+    return load_file(ckpt / "policy" / "model.safetensors")
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    """Bit-identical tensor dicts (same keys, same values)."""
+    return a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

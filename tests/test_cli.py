@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from selfrl.config import load_config
 from selfrl.train import train
-from tests.conftest import tiny_sets
+from tests.conftest import policy_weights, tiny_sets
 
 REQUIRED_KEYS = [
     "reward/pseudo", "reward/true", "reward/label_accuracy", "vote/majority_share", "vote/unanimous_groups",
@@ -27,7 +27,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def params_changed(model_dir: Path, ckpt: Path) -> float:
     before = load_file(model_dir / "model.safetensors")
-    after = load_file(ckpt / "policy" / "model.safetensors")
+    after = policy_weights(ckpt)
     return max((after[k] - before[k]).abs().max().item() for k in before)
 
 
@@ -70,7 +70,7 @@ def test_momentum_is_ema_of_policy(tiny_model_dir, tmp_path):
     out = tmp_path / "ema"
     train(load_config(None, tiny_sets(tiny_model_dir, out, method="mgrpo", max_steps=1, ema_decay=0.9)))
     theta0 = load_file(tiny_model_dir / "model.safetensors")
-    theta1 = load_file(out / "step_000001" / "policy" / "model.safetensors")
+    theta1 = policy_weights(out / "step_000001")
     mom = load_file(out / "step_000001" / "momentum.safetensors")
     for k, v in mom.items():
         torch.testing.assert_close(v, 0.9 * theta0[k] + 0.1 * theta1[k], rtol=1e-5, atol=1e-6)

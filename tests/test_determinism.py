@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from selfrl.config import load_config
 from selfrl.train import train
-from tests.conftest import tiny_sets
+from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 
 def metrics(run) -> list[dict]:
@@ -20,17 +20,12 @@ def metrics(run) -> list[dict]:
     return out
 
 
-def weights(ckpt) -> dict:
-    return load_file(ckpt / "policy" / "model.safetensors")
-
-
 def test_same_seed_same_run(tiny_model_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for run in (a, b):
         train(load_config(None, tiny_sets(tiny_model_dir, run, method="mgrpo", iqr_filter="true", max_steps=3)))
     assert metrics(a) == metrics(b)
-    wa, wb = weights(a / "step_000003"), weights(b / "step_000003")
-    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert same_tensors(policy_weights(a / "step_000003"), policy_weights(b / "step_000003"))
 
 
 def test_different_seed_different_rollouts(tiny_model_dir, tmp_path):
@@ -51,8 +46,6 @@ def test_resume_replays_exactly(tiny_model_dir, tmp_path):
     (cut / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")  # steps 0..3
     train(load_config(cut / "config.yaml", [f"output_dir={cut}"]), resume=True)
     assert metrics(cut) == metrics(full)
-    wa, wb = weights(full / "step_000004"), weights(cut / "step_000004")
-    assert all((wa[k] == wb[k]).all() for k in wa)
-    ma = load_file(full / "step_000004" / "momentum.safetensors")
-    mb = load_file(cut / "step_000004" / "momentum.safetensors")
-    assert all((ma[k] == mb[k]).all() for k in ma)
+    assert same_tensors(policy_weights(full / "step_000004"), policy_weights(cut / "step_000004"))
+    assert same_tensors(load_file(full / "step_000004" / "momentum.safetensors"),
+                        load_file(cut / "step_000004" / "momentum.safetensors"))

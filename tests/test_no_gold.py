@@ -10,7 +10,7 @@ import pytest
 
 from selfrl.config import load_config
 from selfrl.train import train
-from tests.conftest import tiny_sets
+from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 TASKS = Path(__file__).with_name("gold_tasks.py")
 
@@ -48,8 +48,6 @@ def test_oracle_on_poisoned_gold_fails_clearly(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("method", ["srt", "mgrpo"])
 def test_gold_changes_diagnostics_only(tiny_model_dir, tmp_path, method):
     """Same seed, gold answers replaced by unmatchable ones: bit-identical training, diagnostics at exactly 0."""
-    from safetensors.torch import load_file
-
     true_run, other_run = tmp_path / "true", tmp_path / "other"
     train(load_config(None, tiny_sets(tiny_model_dir, true_run, method=method, max_steps=3)))
     train(load_config(None, tiny_sets(tiny_model_dir, other_run, method=method, max_steps=3,
@@ -59,6 +57,4 @@ def test_gold_changes_diagnostics_only(tiny_model_dir, tmp_path, method):
         for key in ("reward/pseudo", "loss/pg", "grad/norm", "policy/entropy", "vote/majority_share", "filter/dropped"):
             assert ra[key] == rb[key], key
         assert rb["reward/label_accuracy"] == 0.0 and rb["reward/true"] == 0.0  # diagnostics did read this gold
-    wa = load_file(true_run / "step_000003" / "policy" / "model.safetensors")
-    wb = load_file(other_run / "step_000003" / "policy" / "model.safetensors")
-    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert same_tensors(policy_weights(true_run / "step_000003"), policy_weights(other_run / "step_000003"))
