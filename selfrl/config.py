@@ -82,6 +82,10 @@ class Config:
     """Prompts per greedy evaluation batch."""
     save_every: int = 100
     """Checkpoint every this many steps (and at the last step). 0 disables periodic checkpoints."""
+    save_total_limit: int | None = 3
+    """Keep the newest this many checkpoints plus the pinned ones (best by validation, last healthy); None keeps all."""
+    max_skipped_steps: int = 3
+    """A step whose loss or gradient is NaN/inf is skipped and logged; this many in a row stop the run."""
     gold_diagnostics: bool = True
     """Log reward/true and reward/label_accuracy from gold training answers, outside the reward path, when the task has them."""
     report_to: str = "tensorboard"
@@ -136,6 +140,8 @@ class Config:
             ("max_steps", self.max_steps >= 1),
             ("eval_every", self.eval_every >= 1),
             ("save_every", self.save_every >= 0),
+            ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1),
+            ("max_skipped_steps", self.max_skipped_steps >= 1),
             ("eval_batch_size", self.eval_batch_size >= 1),
             ("eval_limit", self.eval_limit is None or self.eval_limit >= 1),
             ("torch_threads", self.torch_threads is None or self.torch_threads >= 1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,11 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         if truncate_after is not None and self.path.exists():
             # Resume: drop lines past the checkpoint so the replayed steps are not logged twice.
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= truncate_after]
-            self.path.write_text("".join(k + "\n" for k in keep))
+            # A line cut short by a kill mid-write is dropped too; the rewrite is atomic (temp file + rename).
+            keep = [row for row in _rows(self.path.read_text()) if row["step"] <= truncate_after]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))
+            os.replace(tmp, self.path)
         self.file = open(self.path, "a")
         self.tb = None
         if report_to == "tensorboard":
@@ -54,6 +58,19 @@ class MetricsLogger:
             self.tb.close()
 
 
+def _rows(text: str) -> list[dict]:
+    """Parsed metric rows; a last line cut short by a crash mid-write is skipped (every earlier line is whole)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    rows = []
+    for i, ln in enumerate(lines):
+        try:
+            rows.append(json.loads(ln))
+        except ValueError:
+            if i != len(lines) - 1:
+                raise
+            log.warning("metrics.jsonl: dropping a partial last line (the run was killed while logging)")
+    return rows
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return _rows((Path(run_dir) / "metrics.jsonl").read_text())

@@ -30,6 +30,7 @@ Launching
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ import torch
 from tqdm.auto import tqdm
 
 from selfrl import core
-from selfrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from selfrl.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, read_pointers, save_checkpoint,
+                               meta_value, set_pointer)
 from selfrl.config import Config
 from selfrl.errors import SelfRLError, TaskError
 from selfrl.evaluate import greedy_accuracy
@@ -144,11 +146,15 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
     stream, start_step = PromptStream(len(prompts), cfg.seed), 0
     if resume:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = latest_checkpoint(run_dir)  # verifies checksums, falling back past corrupt ones with a warning
         if ckpt is None:
-            raise SelfRLError(f"--resume {run_dir}: no checkpoint found (step_*/meta.json)")
+            raise SelfRLError(f"--resume {run_dir}: no intact checkpoint found (step_*/meta.json)")
         meta = load_checkpoint(ckpt, model, dict(momentum.named_parameters()) if momentum else None, optimizer, scheduler)
         start_step, stream.cursor = meta["step"], meta["cursor"]
+        prune_checkpoints(run_dir, None)  # clear a half-written step_*.tmp or half-deleted *.trash from the crash
+        for name, step in read_pointers(run_dir).items():  # pins into the abandoned future are void
+            if step > start_step:
+                set_pointer(run_dir, name, None)
         log.info("resumed from %s (step %d)", ckpt, start_step)
     return Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, optimizer, scheduler, stream, prompts, start_step)
 
@@ -186,6 +192,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         logger.log(0, first)
         last_val = first["val/accuracy"]
 
+    skipped_in_a_row, unhealthy_since_save = 0, False
     bar = tqdm(range(s.start_step + 1, cfg.max_steps + 1), desc=f"{cfg.method}", disable=not cfg.progress)
     for step in bar:
         t0 = time.perf_counter()
@@ -245,15 +252,23 @@ def train(cfg: Config, resume: bool = False) -> Path:
         # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached)
         with amp:
             loss, lm = core.policy_loss(logp, logp.detach(), adv.reshape(-1), loss_mask, cfg.epsilon, cfg.beta, ref_logp)
-        if not torch.isfinite(loss):  # before the update: a non-finite loss must not reach the weights
-            raise SelfRLError(f"step {step}: loss is not finite; stopping (last checkpoint kept)")
         s.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-        s.optimizer.step()
-        s.scheduler.step()
-        # 7. momentum update after the optimizer step, every step
-        if s.momentum is not None:
+        grad_norm = float("nan")
+        if torch.isfinite(loss):  # a non-finite loss or gradient must not reach the weights: skip the step
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+        skipped = not math.isfinite(grad_norm)
+        skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+        if skipped:
+            s.optimizer.zero_grad(set_to_none=True)
+            log.warning("step %d: non-finite %s; step skipped (%d in a row)", step,
+                        "loss" if not torch.isfinite(loss) else "gradient", skipped_in_a_row)
+            unhealthy_since_save = True
+        else:
+            s.optimizer.step()
+            s.scheduler.step()
+        # 7. momentum update after the optimizer step, every step that updated the policy
+        if s.momentum is not None and not skipped:
             core.ema_update_(list(s.momentum.parameters()), [p.detach().float() for p in model.parameters()], cfg.ema_decay)
         # 8. log
         kept_r = rewards[keep_train]
@@ -270,6 +285,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
             "anchor/kl": anchor_kl if N else None,
             **lm,
             "grad/norm": grad_norm,
+            "train/skipped": int(skipped),
             "lr": s.scheduler.get_last_lr()[0],
         }
         if audit is not None:
@@ -280,9 +296,22 @@ def train(cfg: Config, resume: bool = False) -> Path:
         logger.log(step, metrics)
         last_val = metrics.get("val/accuracy", last_val)
         bar.set_postfix(r=f"{metrics['reward/pseudo']:.2f}", H=f"{metrics['policy/entropy']:.2f}", val=f"{last_val:.2f}")
-        # 9. checkpoint
+        if skipped_in_a_row >= cfg.max_skipped_steps:
+            last = latest_checkpoint(s.run_dir, verify=False)
+            raise SelfRLError(f"step {step}: {skipped_in_a_row} steps in a row had a non-finite loss or gradient; "
+                              f"stopping (last checkpoint kept: {last.name if last else 'none'})")
+        # 9. checkpoint; pin the best by validation and the last healthy one, then keep the newest save_total_limit
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             momentum_state = dict(s.momentum.named_parameters()) if s.momentum is not None else None
-            save_checkpoint(s.run_dir, step, model, tok, momentum_state, s.optimizer, s.scheduler, s.stream.cursor)
+            val = metrics.get("val/accuracy")
+            save_checkpoint(s.run_dir, step, model, tok, momentum_state, s.optimizer, s.scheduler, s.stream.cursor,
+                            extra={"val/accuracy": val} if val is not None else None)
+            pins = read_pointers(s.run_dir)
+            if val is not None and val > meta_value(s.run_dir, pins.get("best"), "val/accuracy"):
+                set_pointer(s.run_dir, "best", step)
+            if not unhealthy_since_save:
+                set_pointer(s.run_dir, "healthy", step)
+            unhealthy_since_save = False
+            prune_checkpoints(s.run_dir, cfg.save_total_limit)
     logger.close()
     return s.run_dir
