@@ -26,6 +26,8 @@ class Config:
     """Local path or hub id of an AutoModelForCausalLM, or "organism" for the built-in CPU model organism."""
     task: str = "arith"
     """Built-in task name ("arith") or a task file: "path/to/file.py:ClassName" or "package.module:ClassName"."""
+    train_file: str | None = None
+    """JSONL of training prompts, one {"prompt": ..., "answer": optional} per line, replacing the task's own (the task still formats, extracts and evaluates)."""
     method: str = "mgrpo"
     """oracle (RL on gold answers: uses labels), srt, ttrl or mgrpo (label-free)."""
     output_dir: str = "runs/run"

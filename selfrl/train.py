@@ -43,6 +43,7 @@ from selfrl import core
 from selfrl.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, read_pointers, save_checkpoint,
                                meta_value, set_pointer)
 from selfrl.config import Config
+from selfrl.data import TrainFileTask
 from selfrl.errors import SelfRLError, TaskError
 from selfrl.evaluate import greedy_accuracy
 from selfrl.logger import MetricsLogger
@@ -130,6 +131,8 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     task = load_task(cfg.task)
+    if cfg.train_file:
+        task = TrainFileTask(task, cfg.train_file)
     model_path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
     model, tokenizer = load_model(model_path, device)
     model.train()
