@@ -7,6 +7,7 @@ follow TRL's GRPOConfig where TRL has the same option (`num_generations`, `tempe
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import typing
 from dataclasses import dataclass
@@ -129,32 +130,32 @@ class Config:
                 )
         if self.method == "ttrl" and self.num_votes < self.num_generations:
             raise ConfigError(f"num_votes: {self.num_votes} must be >= num_generations ({self.num_generations}) for ttrl")
-        checks = [
-            ("prompts_per_step", self.prompts_per_step >= 1),
-            ("max_completion_length", self.max_completion_length >= 1),
-            ("temperature", self.temperature > 0),
-            ("ema_decay", 0.0 <= self.ema_decay <= 1.0),
-            ("iqr_k", self.iqr_k >= 0),
-            ("learning_rate", self.learning_rate > 0),
-            ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0),
-            ("beta", self.beta >= 0),
-            ("epsilon", self.epsilon > 0),
-            ("max_steps", self.max_steps >= 1),
-            ("eval_every", self.eval_every >= 1),
-            ("save_every", self.save_every >= 0),
-            ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1),
-            ("max_skipped_steps", self.max_skipped_steps >= 1),
-            ("eval_batch_size", self.eval_batch_size >= 1),
-            ("eval_limit", self.eval_limit is None or self.eval_limit >= 1),
-            ("torch_threads", self.torch_threads is None or self.torch_threads >= 1),
+        checks = [  # (field, holds, what it must be)
+            ("prompts_per_step", self.prompts_per_step >= 1, ">= 1"),
+            ("max_completion_length", self.max_completion_length >= 1, ">= 1"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("ema_decay", 0.0 <= self.ema_decay <= 1.0, "in [0, 1]"),
+            ("iqr_k", self.iqr_k >= 0, ">= 0"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "in [0, 1)"),
+            ("beta", self.beta >= 0, ">= 0"),
+            ("epsilon", self.epsilon > 0, "> 0"),
+            ("max_steps", self.max_steps >= 1, ">= 1"),
+            ("eval_every", self.eval_every >= 1, ">= 1"),
+            ("save_every", self.save_every >= 0, ">= 0"),
+            ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1, ">= 1 or null"),
+            ("max_skipped_steps", self.max_skipped_steps >= 1, ">= 1"),
+            ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
+            ("eval_limit", self.eval_limit is None or self.eval_limit >= 1, ">= 1 or null"),
+            ("torch_threads", self.torch_threads is None or self.torch_threads >= 1, ">= 1 or null"),
         ]
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{f.name}: must be finite, got {v!r}")
-        for name, ok in checks:
+        for name, ok, must in checks:
             if not ok:
-                raise ConfigError(f"{name}: invalid value {getattr(self, name)!r}")
+                raise ConfigError(f"{name}: must be {must}, got {getattr(self, name)!r}")
         choices = {
             "lr_scheduler_type": ("cosine", "constant"),
             "report_to": ("tensorboard", "none"),
@@ -217,7 +218,7 @@ def apply_overrides(cfg: Config, overrides: dict, source: str) -> Config:
     values = {}
     for key, value in overrides.items():
         if key not in _FIELDS:
-            close = [f for f in _FIELDS if key and f.startswith(str(key)[:4])]
+            close = difflib.get_close_matches(str(key), _FIELDS, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
         values[key] = _coerce(key, value)

@@ -37,6 +37,8 @@ def load_model(path: str, device: torch.device, dtype: str = "float32"):
     looks_local = os.path.sep in path or path.startswith(".") or Path(path).exists()
     if looks_local and not Path(path).is_dir():
         raise ModelError(f"model path not found: {path}")
+    if looks_local and not (Path(path) / "config.json").is_file():
+        raise ModelError(f"model directory {path} has no config.json: not a Hugging Face model (save_pretrained) directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 
+from selfrl.errors import TaskError
 from selfrl.tasks import Task
 
 SPLIT_SIZES = {"sft": 20000, "train": 4000, "val": 256, "test": 1000}
@@ -68,7 +69,7 @@ class ArithTask(Task):
 
     def eval_examples(self, split: str) -> list[tuple[str, str]]:
         if split not in ("val", "test"):
-            raise ValueError(f"arith has labelled splits 'val' and 'test', not {split!r}")
+            raise TaskError(f"task 'arith' has labelled splits 'val' and 'test', not {split!r}")
         return [(q, a) for q, _, a in self._splits[split]]
 
     def sft_examples(self) -> list[tuple[str, str]]:
