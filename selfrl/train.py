@@ -18,12 +18,14 @@ What we change, and why
     sampling temperature; the paper does not define it.
   * One optimizer update per rollout batch, so the "old" log-probs are the current ones (ratio 1): we do not
     recompute them. No reference model is built when beta == 0.
+  * A step whose loss or gradient is NaN/inf is skipped (no optimizer, scheduler or EMA update) and logged as
+    `train/skipped`; `max_skipped_steps` in a row stop the run (issue 6, docs/reliability.md).
 
 The same loop runs `oracle` (gold reward: the ceiling), `srt` (vote over the policy's own G samples), `ttrl`
 (vote over `num_votes`, train on the first `num_generations`) and `mgrpo`.
 
 Launching
-  * 1 CPU:   selfrl train configs/organism_mgrpo.yaml          (or `selfrl demo` for the built-in comparison)
+  * 1 CPU:   selfrl train examples/my_task.yaml               (or `selfrl demo` for the built-in comparison)
   * 1 GPU:   selfrl train my.yaml --set device=cuda --set dtype=bfloat16
   * many GPUs: not in this version; rollouts are generated on one device.
 """
