@@ -69,7 +69,8 @@ def _bounded(seconds: float, fn, *args, **kwargs):
     if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
         return fn(*args, **kwargs)
     old_handler = signal.signal(signal.SIGALRM, _raise_overtime)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    # Re-fires every 50 ms until cancelled: an alarm that lands in a finalizer is swallowed ("Exception ignored").
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
     start = time.monotonic()
     try:
         return fn(*args, **kwargs)
@@ -153,13 +154,16 @@ def _screen(text: str) -> bool:
     """Whether `text` (already cleaned) is safe to hand to math-verify / sympy."""
     if not text or len(text) > MAX_PARSE_CHARS or not text.isascii() or not text.isprintable():
         return False  # look-alikes (fullwidth digits, Cyrillic) never reach the lexer; str.isdigit() takes them
-    depth = 0
+    depth = braces = 0  # all brackets (intervals mix them: "(1,4]"), and curly braces alone
     for ch in text:
         depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
+        braces += {"{": 1, "}": -1}.get(ch, 0)
         if depth > MAX_DEPTH:
             return False  # antlr prediction time grows with nesting
-    if text.count("{") != text.count("}"):
-        return False  # "a}{b" would close our \boxed{} wrapper early
+        if braces < 0:
+            return False  # "a}{b" would close our \boxed{} wrapper early
+    if braces:
+        return False  # an unclosed "{" would swallow the wrapper's closing brace
     pos = text.find("^")
     while pos >= 0:
         end = _exponent_end(text, pos + 1)
