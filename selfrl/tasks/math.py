@@ -92,8 +92,8 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 
 
 def clean(text: str) -> str:
-    """`text` without control, format, surrogate, private-use and unassigned characters (Unicode category C*), every
-    space, tab or line break as one plain space, stripped."""
+    """`text` without control, format, surrogate, private-use and unassigned characters (Unicode category C*), each
+    space, tab or line break as a plain space, stripped."""
     out = []
     for ch in text:
         if " " < ch < "\x7f":
@@ -109,9 +109,10 @@ def last_boxed(completion: str) -> str | None:
     """The raw content of the last \\boxed{...} / \\fbox{...}, or None when absent, unbalanced or over the cap.
 
     A linear scan with a depth counter; a backslash escapes the next character, so \\{ and \\} don't count."""
-    start = max(completion.rfind(box) + len(box) if box in completion else -1 for box in _BOXES)
-    if start < 0:
+    pos, box = max((completion.rfind(box), box) for box in _BOXES)
+    if pos < 0:
         return None
+    start = pos + len(box)
     depth, i, end = 1, start, min(len(completion), start + MAX_ANSWER_CHARS + 1)
     while i < end:
         ch = completion[i]
