@@ -81,6 +81,10 @@ def load_task(spec: str):
         from selfrl.tasks.arith import ArithTask
 
         return ArithTask()
+    if spec == "math":
+        from selfrl.tasks.math import MathTask
+
+        return MathTask()
     cls = _load_class(spec)
     try:
         task = cls()

@@ -21,7 +21,8 @@ from selfrl.tasks import Task
 
 SPLIT_SIZES = {"sft": 20000, "train": 4000, "val": 256, "test": 1000}
 DATA_SEED = 20251213
-_ANSWER = re.compile(r"=\s*(-?\d+)\s*$")
+# re.ASCII: without it \d takes fullwidth and other-script digits ("=１５１"), which int() would quietly accept.
+_ANSWER = re.compile(r"=\s*(-?\d+)\s*$", re.ASCII)
 
 
 def _problem(rng: random.Random) -> tuple[str, str, str]:
@@ -54,7 +55,10 @@ class ArithTask(Task):
 
     def extract_answer(self, completion: str) -> str | None:
         # Only the final '=<integer>' of the completion counts; anything else (junk, no '=') is no answer.
-        # Bounded regex on the tail: model output is untrusted and may be long.
+        # Bounded regex on the tail: model output is untrusted and may be long (1 MB costs what 64 chars do). The
+        # tail also bounds int() to 63 digits, far below Python's 4300-digit int-string limit and its quadratic cost.
+        if not isinstance(completion, str):
+            return None
         m = _ANSWER.search(completion[-64:])
         return str(int(m.group(1))) if m else None
 
