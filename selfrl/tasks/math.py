@@ -259,5 +259,5 @@ class MathTask(Task):
 
     def eval_examples(self, split: str) -> list[tuple[str, str]]:
         if split not in ("val", "test"):
-            raise ValueError(f"math has labelled splits 'val' and 'test', not {split!r}")
+            raise TaskError(f"task 'math' has labelled splits 'val' and 'test', not {split!r}")
         return list(self._splits[split])
