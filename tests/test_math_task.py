@@ -80,7 +80,7 @@ def test_sample_loads_with_disjoint_splits(task):
     assert len(task.train_answers()) == len(train)
     questions = train + [q for q, _ in val + test]
     assert len(set(questions)) == len(questions)
-    with pytest.raises(ValueError):
+    with pytest.raises(TaskError, match="labelled splits"):
         task.eval_examples("train")
 
 
