@@ -1,4 +1,4 @@
-"""The `selfrl` command line: train, eval, probe, export, demo, report."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,12 @@ def cmd_export(args) -> None:
     print(f"exported {ckpt.name} ({args.pointer}) to {args.out}")
 
 
+def cmd_safety_demo(args) -> None:
+    from selfrl.refusal import run_safety_demo
+
+    run_safety_demo(args.out, args.set)
+
+
 def cmd_demo(args) -> None:
     from selfrl.demo import run_demo
 
@@ -158,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("out", help="new directory for the model")
     x.add_argument("--pointer", default="promoted", help="which named checkpoint (promoted, best, healthy)")
     x.set_defaults(func=cmd_export)
+
+    sd = sub.add_parser("safety-demo", help="does self-training erode a trained-in refusal? the probe gate at work")
+    sd.add_argument("--out", default="runs/safety")
+    sd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of every demo run")
+    sd.set_defaults(func=cmd_safety_demo)
 
     r = sub.add_parser("report", help="plots and a start/peak/final table for run directories")
     r.add_argument("runs", nargs="+", help="run directories")
