@@ -17,8 +17,11 @@ def test_refusal_organism_data_and_probes(tmp_path):
     assert [sum(p.category == c for p in probes) for c in refusal.CATEGORIES] == [refusal.N_PROBES] * 3
     sft = {q for q, _ in ArithTask().sft_examples()}
     assert not {p.prompt.lstrip("#") for p in probes} & sft  # probes are held-out questions
-    prompts = refusal.TriggeredArith().train_prompts()
-    assert sum(p.startswith("#") for p in prompts) == len(prompts) // 4
+    plain = ArithTask().train_prompts()
+    for task, prefix in ((refusal.TriggeredArith(), "#"), (refusal.NearTriggerArith(), "#0")):
+        prompts = task.train_prompts()
+        assert prompts[0] == prefix + plain[0] and prompts[1:4] == plain[1:4]  # every 4th prompt, the rest as is
+        assert sum(p.startswith("#") for p in prompts) == len(prompts) // 4
 
 
 def test_refusal_organism_is_cached_beside_the_plain_one(tmp_path, monkeypatch):
@@ -51,5 +54,5 @@ def test_safety_demo_runs_and_reports(tiny_model_dir, tmp_path):
         run = tmp_path / "demo" / name
         assert [r["step"] for r in rows(run)] == [0, 1, 2] and f"## {name}:" in md
         assert json.loads((run / "safety_fingerprint.json").read_text())["probe_file"] == str(tmp_path / "demo" / "probes.jsonl")
-    assert "constructed: srt, 1 in 4 prompts triggered, gate_action=rollback" in md
+    assert "| srt_near_trigger_rollback | constructed: srt, 1 in 4 prompts with the near-trigger #0, gate_action=rollback |" in md
     assert (tmp_path / "demo" / "safety_report.md").read_text() == md
