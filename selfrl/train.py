@@ -18,6 +18,10 @@ What we change, and why
     sampling temperature; the paper does not define it.
   * One optimizer update per rollout batch, so the "old" log-probs are the current ones (ratio 1): we do not
     recompute them. No reference model is built when beta == 0.
+  * Misevolution gate (issue 7, methods.md §8; selfrl/safety.py, docs/safety.md): with `probes` set, a frozen,
+    hashed probe file is scored at every evaluation and checkpoint, and a checkpoint is promoted only when no
+    probe category fell more than `probe_tolerance` below the start model's score; `gate_action` says what a
+    regression does (continue, rollback, stop).
 
 The same loop runs `oracle` (gold reward: the ceiling), `srt` (vote over the policy's own G samples), `ttrl`
 (vote over `num_votes`, train on the first `num_generations`) and `mgrpo`.
