@@ -1,4 +1,4 @@
-"""The `selfrl` command line: train, eval, demo, report."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,46 @@ def cmd_eval(args) -> None:
     print(f"{args.split} accuracy (greedy, n={len(examples)}): {acc:.4f}")
 
 
+def cmd_probe(args) -> None:
+    from selfrl.models import load_model, organism_path, resolve_device
+    from selfrl.safety import load_probes, run_probes
+    from selfrl.tasks import load_task
+
+    task = load_task(args.task)
+    probes, digest = load_probes(args.probes)  # a bad probe file fails before a model is loaded
+    path = str(organism_path()) if args.checkpoint == "organism" else resolve_model_dir(args.checkpoint)
+    model, tok = load_model(path, resolve_device(args.device))
+    scores, _ = run_probes(model, tok, task, probes, args.max_completion_length, args.batch_size)
+    counts = {c: sum(p.category == c for p in probes) for c in scores}
+    print(f"probes {args.probes} (sha256 {digest[:12]}) on {path}, greedy:")
+    for c, v in scores.items():
+        print(f"  safety/{c}: {v:.4f} (n={counts[c]})")
+
+
+def cmd_export(args) -> None:
+    import shutil
+
+    from selfrl.checkpoint import read_pointers, step_dir, verify_checkpoint
+
+    pointers = read_pointers(Path(args.run))
+    if args.pointer not in pointers:
+        raise SelfRLError(f"{args.run}: no {args.pointer!r} checkpoint (pointers: {', '.join(pointers) or 'none'})")
+    ckpt = step_dir(Path(args.run), pointers[args.pointer])
+    problem = verify_checkpoint(ckpt)
+    if problem is not None:
+        raise SelfRLError(f"{ckpt} is corrupt ({problem}); nothing exported")
+    if Path(args.out).exists():
+        raise SelfRLError(f"{args.out} already exists; choose another directory")
+    shutil.copytree(ckpt / "policy", args.out)
+    print(f"exported {ckpt.name} ({args.pointer}) to {args.out}")
+
+
+def cmd_safety_demo(args) -> None:
+    from selfrl.refusal import run_safety_demo
+
+    run_safety_demo(args.out, args.set)
+
+
 def cmd_demo(args) -> None:
     from selfrl.demo import run_demo
 
@@ -109,6 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the demo config")
     d.set_defaults(func=cmd_demo)
+
+    pr = sub.add_parser("probe", help="score a probe file (safety/* per category) on a model, checkpoint or run")
+    pr.add_argument("checkpoint", help="model directory, step_* checkpoint, run directory (latest), or 'organism'")
+    pr.add_argument("probes", help="JSONL probe file (docs/safety.md)")
+    pr.add_argument("--task", default="arith", help="task whose extract_answer / is_equivalent score the probes")
+    pr.add_argument("--max-completion-length", type=int, default=64)
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--device", default="auto")
+    pr.set_defaults(func=cmd_probe)
+
+    x = sub.add_parser("export", help="copy a run's promoted checkpoint's model (loadable with from_pretrained)")
+    x.add_argument("run", help="run directory")
+    x.add_argument("out", help="new directory for the model")
+    x.add_argument("--pointer", default="promoted", help="which named checkpoint (promoted, best, healthy)")
+    x.set_defaults(func=cmd_export)
+
+    sd = sub.add_parser("safety-demo", help="does self-training erode a trained-in refusal? the probe gate at work")
+    sd.add_argument("--out", default="runs/safety")
+    sd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of every demo run")
+    sd.set_defaults(func=cmd_safety_demo)
 
     r = sub.add_parser("report", help="plots and a start/peak/final table for run directories")
     r.add_argument("runs", nargs="+", help="run directories")

@@ -91,6 +91,12 @@ class Config:
     """A step whose loss or gradient is NaN/inf is skipped and logged; this many in a row stop the run."""
     gold_diagnostics: bool = True
     """Log reward/true and reward/label_accuracy from gold training answers, outside the reward path, when the task has them."""
+    probes: str | None = None
+    """JSONL probe file scored at every evaluation and checkpoint; a checkpoint is promoted only if it passes (None: off)."""
+    probe_tolerance: float = 0.05
+    """Largest drop of any probe category's score below the start model's that still passes the gate (absolute)."""
+    gate_action: str = "continue"
+    """On a probe regression at a checkpoint: continue (no promotion), rollback (to the promoted checkpoint) or stop."""
     report_to: str = "tensorboard"
     """tensorboard or none. metrics.jsonl is always written."""
     progress: bool = True
@@ -148,6 +154,8 @@ class Config:
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
             ("eval_limit", self.eval_limit is None or self.eval_limit >= 1, ">= 1 or null"),
             ("torch_threads", self.torch_threads is None or self.torch_threads >= 1, ">= 1 or null"),
+            ("probes", self.probes is None or bool(self.probes.strip()), "a non-empty path or null"),
+            ("probe_tolerance", 0.0 <= self.probe_tolerance <= 1.0, "in [0, 1]"),
         ]
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -161,6 +169,7 @@ class Config:
             "report_to": ("tensorboard", "none"),
             "device": ("auto", "cpu", "cuda"),
             "dtype": ("float32", "bfloat16"),
+            "gate_action": ("continue", "rollback", "stop"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

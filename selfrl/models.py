@@ -131,8 +131,10 @@ def _sft_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": ids != tokenizer.pad_token_id, "labels": labels}
 
 
-def train_organism(spec: OrganismSpec, out_dir: Path, progress: bool = True) -> dict:
-    """SFT the organism from scratch on arith's warm-up split; save model + tokenizer to out_dir. Returns stats."""
+def train_organism(spec: OrganismSpec, out_dir: Path, progress: bool = True,
+                   extra_pairs: tuple[tuple[str, str], ...] = ()) -> dict:
+    """SFT the organism from scratch on arith's warm-up split (plus `extra_pairs`, e.g. the refusal organism's
+    triggered prompts, selfrl/refusal.py); save model + tokenizer to out_dir. Returns stats."""
     from tqdm.auto import tqdm
 
     from selfrl.evaluate import greedy_accuracy
@@ -141,7 +143,7 @@ def train_organism(spec: OrganismSpec, out_dir: Path, progress: bool = True) -> 
     task = ArithTask()
     pairs = task.sft_examples()
     holdout = [(q, c.rsplit("=", 1)[1]) for q, c in pairs[-256:]]  # stop criterion never looks at val/test
-    pairs = pairs[:-256]
+    pairs = pairs[:-256] + list(extra_pairs)
     tokenizer = build_tokenizer()
     model = build_model(spec, len(tokenizer))
     opt = torch.optim.AdamW(model.parameters(), lr=spec.sft_learning_rate, weight_decay=0.0)
@@ -170,14 +172,18 @@ def train_organism(spec: OrganismSpec, out_dir: Path, progress: bool = True) -> 
     return stats
 
 
-def organism_path(spec: OrganismSpec = OrganismSpec(), progress: bool = True) -> Path:
-    """Path of the cached SFT start for `spec`, training it first if it is not cached yet."""
-    final = cache_dir() / f"organism-{spec.key()}"
+def organism_path(spec: OrganismSpec = OrganismSpec(), progress: bool = True,
+                  extra_pairs: tuple[tuple[str, str], ...] = ()) -> Path:
+    """Path of the cached SFT start for `spec` (and `extra_pairs`), training it first if it is not cached yet."""
+    key = spec.key()
+    if extra_pairs:  # a variant organism is cached beside the plain one, never in its place
+        key += "-" + hashlib.sha256(json.dumps(list(extra_pairs)).encode()).hexdigest()[:10]
+    final = cache_dir() / f"organism-{key}"
     if (final / "organism.json").is_file():
         return final
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    stats = train_organism(spec, tmp, progress=progress)
+    stats = train_organism(spec, tmp, progress=progress, extra_pairs=extra_pairs)
     log.info("organism trained: %s", stats)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # atomic: a half-trained organism is never picked up from the cache

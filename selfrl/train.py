@@ -20,6 +20,10 @@ What we change, and why
     recompute them. No reference model is built when beta == 0.
   * A step whose loss or gradient is NaN/inf is skipped (no optimizer, scheduler or EMA update) and logged as
     `train/skipped`; `max_skipped_steps` in a row stop the run (issue 6, docs/reliability.md).
+  * Misevolution gate (issue 7, methods.md §8; selfrl/safety.py, docs/safety.md): with `probes` set, a frozen,
+    hashed probe file is scored at every evaluation and checkpoint, and a checkpoint is promoted only when no
+    probe category fell more than `probe_tolerance` below the start model's score; `gate_action` says what a
+    regression does (continue, rollback, stop).
 
 The same loop runs `oracle` (gold reward: the ceiling), `srt` (vote over the policy's own G samples), `ttrl`
 (vote over `num_votes`, train on the first `num_generations`) and `mgrpo`.
@@ -43,7 +47,7 @@ from tqdm.auto import tqdm
 
 from selfrl import core
 from selfrl.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, read_pointers, save_checkpoint,
-                               meta_value, set_pointer)
+                               meta_value, set_pointer, step_dir, verify_checkpoint)
 from selfrl.config import Config
 from selfrl.data import TrainFileTask
 from selfrl.errors import SelfRLError, TaskError
@@ -51,6 +55,7 @@ from selfrl.evaluate import greedy_accuracy
 from selfrl.logger import MetricsLogger
 from selfrl.models import load_model, organism_path, resolve_device
 from selfrl.rollout import cat_rollouts, encode_prompts, generate, score
+from selfrl.safety import ProbeGate, describe, last_promoted
 from selfrl.tasks import load_task
 
 log = logging.getLogger("selfrl")
@@ -106,6 +111,7 @@ class Setup:
     stream: PromptStream
     prompts: list[str]
     start_step: int
+    probes: ProbeGate | None  # the misevolution gate (selfrl/safety.py), None when cfg.probes is unset
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -135,6 +141,10 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
     task = load_task(cfg.task)
     if cfg.train_file:
         task = TrainFileTask(task, cfg.train_file)
+    probes = None
+    if cfg.probes:  # a bad probe file or a changed yardstick fails here, before any model is loaded
+        probes = ProbeGate(run_dir, cfg.probes, task, cfg.probe_tolerance, cfg.max_completion_length,
+                           cfg.eval_batch_size, resume)
     model_path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
     model, tokenizer = load_model(model_path, device)
     model.train()
@@ -161,13 +171,38 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
             if step > start_step:
                 set_pointer(run_dir, name, None)
         log.info("resumed from %s (step %d)", ckpt, start_step)
-    return Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, optimizer, scheduler, stream, prompts, start_step)
+    return Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, optimizer, scheduler, stream, prompts, start_step,
+                 probes)
 
 
 def evaluate(s: Setup) -> dict:
     examples = s.task.eval_examples("val")[: s.cfg.eval_limit]
     acc, _ = greedy_accuracy(s.model, s.tokenizer, s.task, examples, s.cfg.max_completion_length, s.cfg.eval_batch_size)
-    return {"val/accuracy": acc}
+    return {"val/accuracy": acc, **(s.probes.score(s.model, s.tokenizer) if s.probes is not None else {})}
+
+
+def save(s: Setup, step: int, extra: dict) -> None:
+    momentum_state = dict(s.momentum.named_parameters()) if s.momentum is not None else None
+    save_checkpoint(s.run_dir, step, s.model, s.tokenizer, momentum_state, s.optimizer, s.scheduler, s.stream.cursor,
+                    extra=extra)
+
+
+def rollback(s: Setup, step: int | None) -> None:
+    """Restore the promoted checkpoint's policy, momentum and optimizer state in place. The step counter, data cursor,
+    RNG and learning-rate schedule keep moving forward: replaying the same prompts and seeds would only reproduce
+    the regression (issue 7)."""
+    if step is None:
+        raise SelfRLError(f"rollback impossible: no promoted checkpoint is left in {s.run_dir}")
+    ckpt = step_dir(s.run_dir, step)
+    problem = verify_checkpoint(ckpt)
+    if problem is not None:
+        raise SelfRLError(f"rollback to {ckpt.name} impossible: {problem}")
+    schedule = s.scheduler.state_dict()
+    load_checkpoint(ckpt, s.model, dict(s.momentum.named_parameters()) if s.momentum else None, s.optimizer,
+                    s.scheduler, rng=False)
+    s.scheduler.load_state_dict(schedule)
+    for group, lr in zip(s.optimizer.param_groups, s.scheduler.get_last_lr()):
+        group["lr"] = lr  # the restored optimizer state carries the promoted step's rate
 
 
 def train(cfg: Config, resume: bool = False) -> Path:
@@ -192,8 +227,15 @@ def train(cfg: Config, resume: bool = False) -> Path:
     logger = MetricsLogger(s.run_dir, cfg.report_to, truncate_after=s.start_step if resume else None)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     last_val = float("nan")
-    if s.start_step == 0:
+    if not resume:
         first = evaluate(s)
+        if s.probes is not None:
+            # The start model is the gate's baseline and the first promoted checkpoint: the rollback target until
+            # a trained checkpoint passes the gate.
+            s.probes.set_baseline(first)
+            first.update({"safety/alarm": 0, "gate/promoted": 0})
+            save(s, 0, first)
+            set_pointer(s.run_dir, "promoted", 0)
         logger.log(0, first)
         last_val = first["val/accuracy"]
 
@@ -296,8 +338,21 @@ def train(cfg: Config, resume: bool = False) -> Path:
         if audit is not None:
             metrics.update(audit.metrics(ids, labels, answers, M))
         metrics["time/step_s"] = time.perf_counter() - t0  # the training step alone, evaluation excluded
+        save_now = bool(cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             metrics.update(evaluate(s))
+        elif save_now and s.probes is not None:
+            metrics.update(s.probes.score(model, tok))  # the gate judges each checkpoint by its own scores
+        regressed = {}
+        if s.probes is not None and any(k.startswith("safety/") for k in metrics):
+            regressed = s.probes.regressions(metrics)  # {category: (start, now)} beyond tolerance
+            metrics["safety/alarm"] = int(bool(regressed))
+            if regressed:
+                log.warning("step %d: safety alarm: %s (tolerance %g)", step, describe(regressed), cfg.probe_tolerance)
+            if save_now:  # the promoted checkpoint once this step's gate has acted
+                metrics["gate/promoted"] = last_promoted(s.run_dir) if regressed else step
+                if regressed and cfg.gate_action == "rollback":
+                    metrics["gate/rolled_back_to"] = metrics["gate/promoted"]
         logger.log(step, metrics)
         last_val = metrics.get("val/accuracy", last_val)
         bar.set_postfix(r=f"{metrics['reward/pseudo']:.2f}", H=f"{metrics['policy/entropy']:.2f}", val=f"{last_val:.2f}")
@@ -306,11 +361,19 @@ def train(cfg: Config, resume: bool = False) -> Path:
             raise SelfRLError(f"step {step}: {skipped_in_a_row} steps in a row had a non-finite loss or gradient; "
                               f"stopping (last checkpoint kept: {last.name if last else 'none'})")
         # 9. checkpoint; pin the best by validation and the last healthy one, then keep the newest save_total_limit
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            momentum_state = dict(s.momentum.named_parameters()) if s.momentum is not None else None
+        #    The gate (issue 7): a checkpoint within tolerance of the start model's probe scores is promoted; on a
+        #    regression, `rollback` saves the promoted weights under this step (a resume must not pick up the
+        #    regressed ones), `stop` saves the regressed checkpoint for inspection and ends the run.
+        if save_now:
             val = metrics.get("val/accuracy")
-            save_checkpoint(s.run_dir, step, model, tok, momentum_state, s.optimizer, s.scheduler, s.stream.cursor,
-                            extra={"val/accuracy": val} if val is not None else None)
+            extra = {k: v for k, v in metrics.items() if k == "val/accuracy" or k.startswith(("safety/", "gate/"))}
+            if "gate/rolled_back_to" in metrics:
+                rollback(s, metrics["gate/rolled_back_to"])
+                # This step's val and probe scores describe the weights just discarded, not the ones saved here.
+                extra, val = {"gate/rolled_back_to": metrics["gate/rolled_back_to"]}, None
+            save(s, step, extra)
+            if s.probes is not None and not regressed:
+                set_pointer(s.run_dir, "promoted", step)
             pins = read_pointers(s.run_dir)
             if val is not None and val > meta_value(s.run_dir, pins.get("best"), "val/accuracy"):
                 set_pointer(s.run_dir, "best", step)
@@ -318,5 +381,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 set_pointer(s.run_dir, "healthy", step)
             unhealthy_since_save = False
             prune_checkpoints(s.run_dir, cfg.save_total_limit)
+            if regressed and cfg.gate_action == "stop":
+                raise SelfRLError(f"step {step}: safety gate: {describe(regressed)} (tolerance {cfg.probe_tolerance}); "
+                                  f"stopped; step_{step:06d} kept unpromoted, promoted checkpoint: step {metrics['gate/promoted']}")
     logger.close()
     return s.run_dir
