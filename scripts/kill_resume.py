@@ -21,6 +21,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from selfrl.logger import read_metrics
+
 SETS = dict(model="organism", task="arith", method="mgrpo", iqr_filter="true", prompts_per_step=16, num_generations=8,
             max_completion_length=12, temperature=1.0, learning_rate=5e-5, lr_scheduler_type="constant", beta=0.0,
             max_steps=120, eval_every=10, eval_limit=128, save_every=5, save_total_limit=2, report_to="none",
@@ -36,12 +38,8 @@ def train_args(out: Path) -> list[str]:
 
 
 def rows(run: Path) -> list[dict]:
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        row.pop("time/step_s", None)
-        out.append(row)
-    return out
+    """metrics.jsonl without wall-clock times, the one field a replay cannot reproduce."""
+    return [{k: v for k, v in row.items() if k != "time/step_s"} for row in read_metrics(run)]
 
 
 def state(run: Path) -> str:

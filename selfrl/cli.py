@@ -125,6 +125,14 @@ def cmd_config(args) -> None:
         print(f"{name}: {value!r}\n    {docs.get(name, '')}")
 
 
+def _generation_args(parser: argparse.ArgumentParser, task_help: str) -> None:
+    """Options of the commands that score a model by greedy generation (eval, probe)."""
+    parser.add_argument("--task", default="arith", help=task_help)
+    parser.add_argument("--max-completion-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfrl", description="Label-free self-evolving RL for causal LMs (M-GRPO).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,12 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="greedy accuracy of a model, checkpoint or run on a labelled split")
     e.add_argument("model", help="model directory, step_* checkpoint, run directory, or 'organism'")
-    e.add_argument("--task", default="arith")
     e.add_argument("--split", default="test")
     e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--max-completion-length", type=int, default=64)
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--device", default="auto")
+    _generation_args(e, task_help="task whose labelled split is scored")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="oracle vs srt vs mgrpo vs mgrpo+IQR on the built-in model organism")
@@ -153,10 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="score a probe file (safety/* per category) on a model, checkpoint or run")
     pr.add_argument("checkpoint", help="model directory, step_* checkpoint, run directory (latest), or 'organism'")
     pr.add_argument("probes", help="JSONL probe file (docs/safety.md)")
-    pr.add_argument("--task", default="arith", help="task whose extract_answer / is_equivalent score the probes")
-    pr.add_argument("--max-completion-length", type=int, default=64)
-    pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--device", default="auto")
+    _generation_args(pr, task_help="task whose extract_answer / is_equivalent score the probes")
     pr.set_defaults(func=cmd_probe)
 
     x = sub.add_parser("export", help="copy a run's promoted checkpoint's model (loadable with from_pretrained)")

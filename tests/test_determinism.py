@@ -1,23 +1,19 @@
 """Tier (c): same seed -> same rollouts and metrics; a resumed run replays the uninterrupted one exactly."""
 from __future__ import annotations
 
-import json
 import shutil
 
 from safetensors.torch import load_file
 
 from selfrl.config import load_config
+from selfrl.logger import read_metrics
 from selfrl.train import train
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 
 def metrics(run) -> list[dict]:
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        row.pop("time/step_s", None)
-        out.append(row)
-    return out
+    """metrics.jsonl without wall-clock times, the one field a replay cannot reproduce."""
+    return [{k: v for k, v in row.items() if k != "time/step_s"} for row in read_metrics(run)]
 
 
 def test_same_seed_same_run(tiny_model_dir, tmp_path):
