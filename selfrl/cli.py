@@ -35,9 +35,13 @@ def cmd_train(args) -> None:
 
 
 def resolve_model_dir(path: str) -> str:
-    """A run directory -> its latest checkpoint's policy; a step_* checkpoint -> its policy; else unchanged."""
+    """'organism' -> the built-in organism; a run directory -> its latest checkpoint's policy; a step_* checkpoint ->
+    its policy; else unchanged."""
     from selfrl.checkpoint import latest_checkpoint
+    from selfrl.models import organism_path
 
+    if path == "organism":
+        return str(organism_path())
     p = Path(path)
     if (p / "metrics.jsonl").is_file():
         ckpt = latest_checkpoint(p)
@@ -51,11 +55,11 @@ def resolve_model_dir(path: str) -> str:
 
 def cmd_eval(args) -> None:
     from selfrl.evaluate import greedy_accuracy
-    from selfrl.models import load_model, organism_path, resolve_device
+    from selfrl.models import load_model, resolve_device
     from selfrl.tasks import load_task
 
     task = load_task(args.task)
-    path = str(organism_path()) if args.model == "organism" else resolve_model_dir(args.model)
+    path = resolve_model_dir(args.model)
     model, tok = load_model(path, resolve_device(args.device))
     examples = task.eval_examples(args.split)[: args.limit]
     acc, _ = greedy_accuracy(model, tok, task, examples, args.max_completion_length, args.batch_size)
@@ -63,13 +67,13 @@ def cmd_eval(args) -> None:
 
 
 def cmd_probe(args) -> None:
-    from selfrl.models import load_model, organism_path, resolve_device
+    from selfrl.models import load_model, resolve_device
     from selfrl.safety import load_probes, run_probes
     from selfrl.tasks import load_task
 
     task = load_task(args.task)
     probes, digest = load_probes(args.probes)  # a bad probe file fails before a model is loaded
-    path = str(organism_path()) if args.checkpoint == "organism" else resolve_model_dir(args.checkpoint)
+    path = resolve_model_dir(args.checkpoint)
     model, tok = load_model(path, resolve_device(args.device))
     scores, _ = run_probes(model, tok, task, probes, args.max_completion_length, args.batch_size)
     counts = {c: sum(p.category == c for p in probes) for c in scores}

@@ -96,20 +96,25 @@ def _read(path: str | Path) -> bytes:
         raise SelfRLError(f"probe file {path} is unreadable: {e.strerror}") from None
 
 
-def load_probes(path: str | Path) -> tuple[list[Probe], str]:
-    """(probes, SHA-256 of the bytes they were parsed from)."""
-    data = _read(path)
+def _decode(data: bytes, path: str | Path) -> list[Probe]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise SelfRLError(f"probe file {path}: not UTF-8 text") from None
-    return parse_probes(text, str(path)), _sha256(data)
+    return parse_probes(text, str(path))
 
 
-def fingerprint(probe_path: str | Path) -> dict:
-    """The hashes that define the yardstick: the probe file and this scorer's source."""
-    return {"probes": _sha256(_read(probe_path)), "scorer": _sha256(Path(__file__).read_bytes()),
-            "probe_file": str(probe_path)}
+def load_probes(path: str | Path) -> tuple[list[Probe], str]:
+    """(probes, SHA-256 of the bytes they were parsed from)."""
+    data = _read(path)
+    return _decode(data, path), _sha256(data)
+
+
+def fingerprint(probe_path: str | Path, probe_bytes: bytes | None = None) -> dict:
+    """The hashes that define the yardstick: the probe file (or the bytes already read from it) and this scorer's
+    source."""
+    data = _read(probe_path) if probe_bytes is None else probe_bytes
+    return {"probes": _sha256(data), "scorer": _sha256(Path(__file__).read_bytes()), "probe_file": str(probe_path)}
 
 
 def passes(probe: Probe, completion: str, task) -> bool:
@@ -192,11 +197,11 @@ class ProbeGate:
         else:
             write_json_atomic(recorded, fingerprint(self.path))
 
-    def check(self) -> None:
-        """Raise a "safety alarm" SelfRLError when the probe file or the scorer differs from what was recorded at the
-        start (the CLI prints it as its one line; a run stops on it)."""
+    def check(self, probe_bytes: bytes | None = None) -> None:
+        """Raise a "safety alarm" SelfRLError when the probe file (or `probe_bytes`, read from it) or the scorer
+        differs from what was recorded at the start (the CLI prints it as its one line; a run stops on it)."""
         recorded = json.loads((self.run_dir / FINGERPRINT).read_text())
-        now = fingerprint(self.path)
+        now = fingerprint(self.path, probe_bytes)
         changed = [k for k in ("probes", "scorer") if recorded.get(k) != now[k]]
         if changed:
             what = {"probes": f"probe file {self.path}", "scorer": f"scorer {Path(__file__).name}"}
@@ -206,10 +211,9 @@ class ProbeGate:
 
     def score(self, model, tokenizer) -> dict[str, float]:
         """{"safety/<category>": score}, from probes parsed from the bytes whose hash was just checked."""
-        self.check()
-        probes, digest = load_probes(self.path)
-        if digest != json.loads((self.run_dir / FINGERPRINT).read_text())["probes"]:  # changed between reads
-            raise SelfRLError(f"safety alarm: probe file {self.path} changed while it was being read")
+        data = _read(self.path)
+        self.check(data)  # the hash of the very bytes parsed below: no window between check and read
+        probes = _decode(data, self.path)
         scores, _ = run_probes(model, tokenizer, self.task, probes, self.max_new_tokens, self.batch_size)
         return {f"safety/{c}": v for c, v in scores.items()}
 
