@@ -17,7 +17,8 @@ import yaml
 
 from selfrl.errors import ConfigError
 
-METHODS = ("oracle", "srt", "ttrl", "mgrpo")
+METHODS = ("oracle", "srt", "ttrl", "mgrpo", "intuitor")
+DETECTOR_ACTIONS = ("off", "alarm", "rollback", "stop")
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Config:
     train_file: str | None = None
     """JSONL of training prompts, one {"prompt": ..., "answer": optional} per line, replacing the task's own (the task still formats, extracts and evaluates)."""
     method: str = "mgrpo"
-    """oracle (RL on gold answers: uses labels), srt, ttrl or mgrpo (label-free)."""
+    """oracle (RL on gold answers: uses labels), srt, ttrl, mgrpo or intuitor (self-certainty reward) (label-free)."""
     output_dir: str = "runs/run"
     """Run directory: resolved config, metrics.jsonl, TensorBoard events, checkpoints."""
     seed: int = 0
@@ -57,6 +58,38 @@ class Config:
     """Drop low-entropy trajectories per prompt (H < Q1 − k·IQR) from the vote and the loss. Opt-in on any voting method."""
     iqr_k: float = 0.75
     """k of the IQR filter (paper: 0.75)."""
+
+    # --- SRT's mitigations (arXiv 2505.21444, methods.md §2) ----------------------------------------------------
+    offline_labels: bool = False
+    """Train against pseudo-labels voted once by the frozen start model over the training prompts (label-free)."""
+    curriculum_fraction: float | None = None
+    """Keep only this fraction of training prompts, the easiest by the start model's majority share (paper: 1/3; label-free)."""
+    start_votes: int | None = None
+    """Samples per prompt in the start model's vote for offline_labels / curriculum_fraction (None: num_generations)."""
+    online_filter: float | None = None
+    """Drop prompts whose majority share is below this and refill the batch from further draws (paper: 0.6; label-free)."""
+    online_filter_max_draws: int = 4
+    """Most prompt draws of prompts_per_step per step while refilling; a step trains on the prompts that passed."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without a gain on a small LABELLED split, restoring the best (uses labels)."""
+    early_stopping_split: str = "test"
+    """Labelled split the early stopping reads (disjoint from val, which reports the result)."""
+    early_stopping_examples: int = 40
+    """Examples of that split read by early stopping (1% of arith's 4000 training prompts, as in SRT)."""
+
+    # --- label-free collapse detection (issue 3, selfrl/detector.py) -------------------------------------------
+    collapse_detector: str = "off"
+    """off, alarm (log only), rollback (to the last healthy checkpoint, then continue gentler) or stop (roll back, end)."""
+    detector_window: int = 20
+    """Steps in the detector's moving averages and in its baseline (the run's first window)."""
+    detector_min_signals: int = 2
+    """Signals that must fire at once for an alarm (reward jump, majority share, unanimity, entropy, diversity, anchor KL)."""
+    rollback_lr_factor: float = 0.5
+    """After a detector rollback, the learning rate is multiplied by this."""
+    rollback_ema_decay: float | None = None
+    """After a detector rollback, mgrpo's ema_decay becomes this (e.g. 0.995; None: unchanged)."""
+    max_rollbacks: int = 3
+    """Detector rollbacks allowed; the next alarm rolls back and stops the run."""
 
     # --- optimisation --------------------------------------------------------------------------------------
     learning_rate: float = 1e-6
@@ -134,6 +167,10 @@ class Config:
                 raise ConfigError(
                     f"num_momentum_generations: {n} of num_generations={self.num_generations} leaves fewer than 2 policy rollouts"
                 )
+        if self.method == "oracle" and self.offline_labels:
+            raise ConfigError("offline_labels: oracle trains on gold answers; offline pseudo-labels apply to label-free methods")
+        if self.method == "intuitor" and (self.offline_labels or self.online_filter is not None):
+            raise ConfigError("offline_labels/online_filter: intuitor's reward is self-certainty, not a vote")
         if self.method == "ttrl" and self.num_votes < self.num_generations:
             raise ConfigError(f"num_votes: {self.num_votes} must be >= num_generations ({self.num_generations}) for ttrl")
         checks = [  # (field, holds, what it must be)
@@ -156,6 +193,18 @@ class Config:
             ("torch_threads", self.torch_threads is None or self.torch_threads >= 1, ">= 1 or null"),
             ("probes", self.probes is None or bool(self.probes.strip()), "a non-empty path or null"),
             ("probe_tolerance", 0.0 <= self.probe_tolerance <= 1.0, "in [0, 1]"),
+            ("curriculum_fraction", self.curriculum_fraction is None or 0 < self.curriculum_fraction <= 1, "in (0, 1] or null"),
+            ("start_votes", self.start_votes is None or self.start_votes >= 1, ">= 1 or null"),
+            ("online_filter", self.online_filter is None or 0 < self.online_filter <= 1, "in (0, 1] or null"),
+            ("online_filter_max_draws", self.online_filter_max_draws >= 1, ">= 1"),
+            ("early_stopping_patience", self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+             ">= 1 or null"),
+            ("early_stopping_examples", self.early_stopping_examples >= 1, ">= 1"),
+            ("detector_window", self.detector_window >= 2, ">= 2"),
+            ("detector_min_signals", self.detector_min_signals >= 1, ">= 1"),
+            ("rollback_lr_factor", 0 < self.rollback_lr_factor <= 1, "in (0, 1]"),
+            ("rollback_ema_decay", self.rollback_ema_decay is None or 0 <= self.rollback_ema_decay <= 1, "in [0, 1] or null"),
+            ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),
         ]
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -170,6 +219,7 @@ class Config:
             "device": ("auto", "cpu", "cuda"),
             "dtype": ("float32", "bfloat16"),
             "gate_action": ("continue", "rollback", "stop"),
+            "collapse_detector": DETECTOR_ACTIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -7,6 +7,7 @@ Nothing here sees a gold answer: the vote and the rewards are functions of the m
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -90,6 +91,15 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     p = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (p * logits).sum(dim=-1)
+
+
+def self_certainty(logits: torch.Tensor) -> torch.Tensor:
+    """Intuitor's per-token self-certainty KL(Uniform ‖ p) = logsumexp(z) − mean(z) − log V (methods.md §3).
+
+    logits (..., V) -> (...). 0 for a uniform distribution, growing as p concentrates; log V at most.
+    """
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - logits.mean(dim=-1) - math.log(logits.shape[-1])
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfrl.core import token_entropy, token_logprobs
+from selfrl.core import self_certainty, token_entropy, token_logprobs
 
 
 @dataclass
@@ -27,6 +27,10 @@ class Rollouts:
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len :]  # (N, T)
 
+    def prompts(self, keep: list[int], k: int) -> "Rollouts":
+        """All k samples of the prompts with these indices (rows are prompt-major)."""
+        return self.take(torch.tensor([i * k + j for i in keep for j in range(k)], dtype=torch.long))
+
     def take(self, rows: torch.Tensor) -> "Rollouts":
         """The rows with these indices, in this order."""
         return Rollouts(
@@ -36,19 +40,18 @@ class Rollouts:
 
 
 def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
-    """Concatenate batches with the same prompt length P, right-padding responses to the longest T."""
-    assert len({p.prompt_len for p in parts}) == 1, "rollouts of one step share the prompt padding"
-    width = max(p.input_ids.shape[1] for p in parts)
+    """Concatenate batches: prompts left-padded to the longest P, responses right-padded to the longest T."""
+    P = max(p.prompt_len for p in parts)
+    T = max(p.input_ids.shape[1] - p.prompt_len for p in parts)
 
-    P = parts[0].prompt_len
-
-    def pad(x: torch.Tensor, value: int, to: int) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, to - x.shape[1]), value=value)
+    def pad(x: torch.Tensor, p: Rollouts, value: int) -> torch.Tensor:
+        t = x.shape[1] - p.prompt_len
+        return torch.nn.functional.pad(x, (P - p.prompt_len, T - t), value=value)
 
     return Rollouts(
-        torch.cat([pad(p.input_ids, pad_id, width) for p in parts]),
-        torch.cat([pad(p.attention_mask, 0, width) for p in parts]),
-        torch.cat([pad(p.response_mask, 0, width - P) for p in parts]),
+        torch.cat([pad(p.input_ids, p, pad_id) for p in parts]),
+        torch.cat([pad(p.attention_mask, p, 0) for p in parts]),
+        torch.cat([torch.nn.functional.pad(p.response_mask, (0, T - p.response_mask.shape[1])) for p in parts]),
         P,
         [t for p in parts for t in p.texts],
     )
@@ -93,10 +96,10 @@ def generate(
     return Rollouts(out, attention_mask, response_mask, P, texts)
 
 
-def score(model, rollouts: Rollouts, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies of the response tokens under `model` at `temperature`.
+def score(model, rollouts: Rollouts, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log-probs, entropies and self-certainties of the response tokens under `model` at `temperature`.
 
-    Returns (logp, entropy), each (N, T); values on padding are meaningless, mask them with response_mask.
+    Returns (logp, entropy, certainty), each (N, T); entropy and certainty are detached; values on padding are meaningless, mask them with response_mask.
     Runs with or without grad depending on the caller's context. Positions come from the attention mask, as in
     generate, so left padding does not shift them.
     """
@@ -106,4 +109,6 @@ def score(model, rollouts: Rollouts, temperature: float = 1.0) -> tuple[torch.Te
     ).logits  # (N, P+T, V)
     P = rollouts.prompt_len
     logits = logits[:, P - 1 : -1] / temperature  # (N, T, V): position t predicts response token t
-    return token_logprobs(logits, rollouts.response_ids), token_entropy(logits.detach())
+    # Intuitor's self-certainty is read from the same temperature-scaled distribution the rollout was sampled from.
+    detached = logits.detach()
+    return token_logprobs(logits, rollouts.response_ids), token_entropy(detached), self_certainty(detached)

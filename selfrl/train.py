@@ -46,15 +46,17 @@ import torch
 from tqdm.auto import tqdm
 
 from selfrl import core
-from selfrl.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, read_pointers, save_checkpoint,
-                               meta_value, set_pointer, step_dir, verify_checkpoint)
+from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, meta_value, prune_checkpoints,
+                               read_pointers, save_checkpoint, set_pointer, step_dir, verify_checkpoint)
 from selfrl.config import Config
 from selfrl.data import TrainFileTask
 from selfrl.errors import SelfRLError, TaskError
 from selfrl.evaluate import greedy_accuracy
-from selfrl.logger import MetricsLogger
+from selfrl.detector import CollapseDetector
+from selfrl.logger import MetricsLogger, read_metrics
+from selfrl.mitigations import easiest, start_model_votes
 from selfrl.models import load_model, organism_path, resolve_device
-from selfrl.rollout import cat_rollouts, encode_prompts, generate, score
+from selfrl.rollout import Rollouts, cat_rollouts, encode_prompts, generate, score
 from selfrl.safety import ProbeGate, describe, last_promoted
 from selfrl.tasks import load_task
 
@@ -108,10 +110,17 @@ class Setup:
     ref: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: object
-    stream: PromptStream
+    stream: PromptStream  # positions into `pool`
     prompts: list[str]
+    pool: list[int]  # indices of the prompts trained on (all, or the curriculum's easiest fraction)
+    offline: list[str | None] | None  # start-model pseudo-labels per prompt (offline_labels), else None
     start_step: int
     probes: ProbeGate | None  # the misevolution gate (selfrl/safety.py), None when cfg.probes is unset
+    detector: CollapseDetector | None
+    ema_decay: float  # mgrpo's decay now (a detector rollback may raise it)
+    rollbacks: int  # detector rollbacks so far
+    stop_best: tuple[float, int]  # early stopping: best accuracy on its labelled split, and its step
+    stop_waited: int  # evaluations since stop_best improved
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -141,6 +150,8 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
     task = load_task(cfg.task)
     if cfg.train_file:
         task = TrainFileTask(task, cfg.train_file)
+    if cfg.early_stopping_patience is not None:  # fail now, not at the first evaluation
+        task.eval_examples(cfg.early_stopping_split)
     probes = None
     if cfg.probes:  # a bad probe file or a changed yardstick fails here, before any model is loaded
         probes = ProbeGate(run_dir, cfg.probes, task, cfg.probe_tolerance, cfg.max_completion_length,
@@ -151,6 +162,16 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
     prompts = task.train_prompts()
     if not prompts:
         raise TaskError(f"task {cfg.task!r} has no training prompts")
+    pool, offline = list(range(len(prompts))), None
+    if cfg.offline_labels or cfg.curriculum_fraction is not None:
+        if resume and not (run_dir / "start_votes.json").is_file():
+            raise SelfRLError(f"--resume {run_dir}: start_votes.json is missing; the start model's votes cannot be redone")
+        labels, shares = start_model_votes(model, tokenizer, task, prompts, cfg.start_votes or cfg.num_generations,
+                                           cfg.max_completion_length, cfg.temperature, cfg.seed, run_dir,
+                                           progress=cfg.progress)
+        offline = labels if cfg.offline_labels else None
+        if cfg.curriculum_fraction is not None:
+            pool = easiest(shares, cfg.curriculum_fraction)
     momentum = _frozen_copy(model) if cfg.method == "mgrpo" else None
     ref = _frozen_copy(model) if cfg.beta > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -159,26 +180,79 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, cfg.max_steps)
     else:
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
-    stream, start_step = PromptStream(len(prompts), cfg.seed), 0
+    stream, start_step = PromptStream(len(pool), cfg.seed), 0
+    detector = CollapseDetector(cfg.detector_window, cfg.detector_min_signals) if cfg.collapse_detector != "off" else None
+    s = Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, optimizer, scheduler, stream, prompts, pool, offline,
+              start_step, probes, detector, cfg.ema_decay, 0, (-math.inf, 0), 0)
     if resume:
         ckpt = latest_checkpoint(run_dir)  # verifies checksums, falling back past corrupt ones with a warning
         if ckpt is None:
             raise SelfRLError(f"--resume {run_dir}: no intact checkpoint found (step_*/meta.json)")
         meta = load_checkpoint(ckpt, model, dict(momentum.named_parameters()) if momentum else None, optimizer, scheduler)
-        start_step, stream.cursor = meta["step"], meta["cursor"]
+        s.start_step, stream.cursor = meta["step"], meta["cursor"]
         prune_checkpoints(run_dir, None)  # clear a half-written step_*.tmp or half-deleted *.trash from the crash
         for name, step in read_pointers(run_dir).items():  # pins into the abandoned future are void
-            if step > start_step:
+            if step > s.start_step:
                 set_pointer(run_dir, name, None)
-        log.info("resumed from %s (step %d)", ckpt, start_step)
-    return Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, optimizer, scheduler, stream, prompts, start_step,
-                 probes)
+        _replay_loop_state(s, [r for r in read_metrics(run_dir) if r["step"] <= s.start_step])
+        log.info("resumed from %s (step %d)", ckpt, s.start_step)
+    return s
+
+
+def _replay_loop_state(s: Setup, rows: list[dict]) -> None:
+    """The detector's windows, the rollback count, the EMA decay and early stopping's record are functions of the
+    logged metrics, so a resume rebuilds them from metrics.jsonl rather than storing a second copy."""
+    if s.detector is not None:
+        s.detector.replay(rows)
+    for r in rows:
+        s.rollbacks += r.get("detector/rolled_back_to") is not None
+        s.ema_decay = r.get("anchor/ema_decay") or s.ema_decay
+        acc = r.get("stop/accuracy")
+        if acc is not None:
+            s.stop_best, s.stop_waited = ((acc, r["step"]), 0) if acc > s.stop_best[0] else (s.stop_best, s.stop_waited + 1)
 
 
 def evaluate(s: Setup) -> dict:
     examples = s.task.eval_examples("val")[: s.cfg.eval_limit]
     acc, _ = greedy_accuracy(s.model, s.tokenizer, s.task, examples, s.cfg.max_completion_length, s.cfg.eval_batch_size)
-    return {"val/accuracy": acc, **(s.probes.score(s.model, s.tokenizer) if s.probes is not None else {})}
+    out = {"val/accuracy": acc, **(s.probes.score(s.model, s.tokenizer) if s.probes is not None else {})}
+    if s.cfg.early_stopping_patience is not None:  # SRT mitigation 1: a small LABELLED split, disjoint from val
+        held = s.task.eval_examples(s.cfg.early_stopping_split)[: s.cfg.early_stopping_examples]
+        out["stop/accuracy"], _ = greedy_accuracy(s.model, s.tokenizer, s.task, held, s.cfg.max_completion_length,
+                                                  s.cfg.eval_batch_size)
+    return out
+
+
+def sample_batch(s: Setup, step: int, V: int, N: int, amp) -> tuple[list[int], Rollouts, Rollouts | None, int]:
+    """This step's prompts and their rollouts: V per prompt from the policy, N from the momentum model's current
+    EMA weights. With `online_filter` (SRT mitigation 4) a prompt whose pooled vote has a majority share below the
+    threshold is dropped and further prompts are drawn until the batch is full or `online_filter_max_draws` draws
+    were made (then the step trains on the prompts that passed). Returns (ids, policy, momentum, prompts drawn)."""
+    cfg, tok, B = s.cfg, s.tokenizer, s.cfg.prompts_per_step
+    device = next(s.model.parameters()).device
+    torch.manual_seed(cfg.seed * 1_000_003 + step)  # per-step sampling seed: a resume replays the step exactly
+    ids, pols, moms, drawn = [], [], [], 0
+    while len(ids) < B and (drawn < B * cfg.online_filter_max_draws or (not ids and drawn < 10 * B * cfg.online_filter_max_draws)):
+        draw = [s.pool[j] for j in s.stream.next(B)]  # questions only: no answers are fetched here
+        drawn += B
+        batch = encode_prompts(tok, [s.task.format_prompt(s.prompts[i]) for i in draw], device)
+        with amp:
+            pol = generate(s.model, tok, batch, V, cfg.max_completion_length, cfg.temperature)
+            mom = generate(s.momentum, tok, batch, N, cfg.max_completion_length, cfg.temperature) if N else None
+        keep = list(range(B))
+        if cfg.online_filter is not None:  # judged on the whole unfiltered pool, before the IQR filter
+            texts = [pol.texts[i * V : (i + 1) * V] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(B)]
+            shares = [core.majority_vote([s.task.extract_answer(t) for t in row], s.task.is_equivalent)[1] for row in texts]
+            keep = [i for i in keep if shares[i] >= cfg.online_filter][: B - len(ids)]
+        ids += [draw[i] for i in keep]
+        pols.append(pol.prompts(keep, V))
+        moms.append(mom.prompts(keep, N) if N else None)
+    if not ids:
+        raise SelfRLError(f"step {step}: online_filter: no prompt reached majority share {cfg.online_filter} in "
+                          f"{drawn} prompts drawn; lower online_filter")
+    pol = pols[0] if len(pols) == 1 else cat_rollouts(pols, tok.pad_token_id)
+    mom = None if not N else moms[0] if len(moms) == 1 else cat_rollouts(moms, tok.pad_token_id)
+    return ids, pol, mom, drawn
 
 
 def save(s: Setup, step: int, extra: dict) -> None:
@@ -205,6 +279,32 @@ def rollback(s: Setup, step: int | None) -> None:
         group["lr"] = lr  # the restored optimizer state carries the promoted step's rate
 
 
+def detector_response(s: Setup, step: int) -> tuple[int | None, bool]:
+    """The detector fired at `step`: restore the last healthy checkpoint and, with `rollback`, continue with a lower
+    learning rate and (mgrpo) a slower momentum model; with `stop`, or past max_rollbacks, end the run there.
+    Returns (the step rolled back to or None when there is no healthy checkpoint, whether to stop)."""
+    cfg = s.cfg
+    # The newest checkpoint saved healthy (no skipped step and no detector signal since the one before); read from
+    # the checkpoints' meta rather than the `healthy` pin, which a resume voids when it points past the restart.
+    healthy = [int(c.name[5:]) for c in list_checkpoints(s.run_dir) if meta_value(s.run_dir, int(c.name[5:]), "healthy") > 0]
+    target = max(healthy, default=None)
+    stop = cfg.collapse_detector == "stop" or s.rollbacks >= cfg.max_rollbacks
+    if target is None:
+        log.warning("step %d: collapse alarm but no healthy checkpoint to restore", step)
+        return None, stop
+    rollback(s, target)
+    s.rollbacks += 1
+    s.detector.reset_recent()
+    if not stop:
+        s.scheduler.base_lrs = [lr * cfg.rollback_lr_factor for lr in s.scheduler.base_lrs]
+        for group in s.optimizer.param_groups:
+            group["lr"] *= cfg.rollback_lr_factor
+        s.ema_decay = cfg.rollback_ema_decay if cfg.rollback_ema_decay is not None else s.ema_decay
+    log.warning("step %d: collapse alarm: restored step %d; %s", step, target,
+                "stopping" if stop else f"lr x{cfg.rollback_lr_factor}, ema_decay {s.ema_decay}")
+    return target, stop
+
+
 def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) a training run; returns the run directory."""
     s = setup(cfg, resume)
@@ -219,7 +319,6 @@ def train(cfg: Config, resume: bool = False) -> Path:
             audit = GoldAudit(task)
         except TaskError as e:
             log.info("gold diagnostics off: %s", e)
-    B = cfg.prompts_per_step
     N = cfg.n_momentum()  # momentum rollouts per prompt (mgrpo)
     M = cfg.num_generations - N  # policy rollouts per prompt, the ones trained
     V = cfg.num_votes if cfg.method == "ttrl" else M  # policy samples per prompt (ttrl votes with extra ones)
@@ -234,8 +333,13 @@ def train(cfg: Config, resume: bool = False) -> Path:
             # a trained checkpoint passes the gate.
             s.probes.set_baseline(first)
             first.update({"safety/alarm": 0, "gate/promoted": 0})
-            save(s, 0, first)
-            set_pointer(s.run_dir, "promoted", 0)
+        if s.probes is not None or cfg.collapse_detector in ("rollback", "stop") or cfg.early_stopping_patience:
+            save(s, 0, {**first, "healthy": 1})  # the start model: the first promoted / healthy / best-so-far checkpoint
+            for name in ["healthy"] + ["promoted"] * (s.probes is not None):
+                set_pointer(s.run_dir, name, 0)
+        if "stop/accuracy" in first:
+            s.stop_best = (first["stop/accuracy"], 0)
+            set_pointer(s.run_dir, "early_stop", 0)
         logger.log(0, first)
         last_val = first["val/accuracy"]
 
@@ -243,59 +347,58 @@ def train(cfg: Config, resume: bool = False) -> Path:
     bar = tqdm(range(s.start_step + 1, cfg.max_steps + 1), desc=f"{cfg.method}", disable=not cfg.progress)
     for step in bar:
         t0 = time.perf_counter()
-        # 1. prompts (questions only: no answers are fetched here) and per-step sampling seed (resume replays it)
-        ids = s.stream.next(B)
-        batch = encode_prompts(tok, [task.format_prompt(s.prompts[i]) for i in ids], device)
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        # 2. rollouts: V per prompt from the policy, N per prompt from the momentum model's current EMA weights
-        with amp:
-            pol = generate(model, tok, batch, V, cfg.max_completion_length, cfg.temperature)
-            mom = generate(s.momentum, tok, batch, N, cfg.max_completion_length, cfg.temperature) if N else None
-        rows = torch.arange(B * V).view(B, V)
-        train_rows = rows[:, :M].reshape(-1)  # (B*M,) the policy rollouts that are trained
+        # 1-2. prompts and rollouts (policy + momentum; online filter); b prompts this step
+        ids, pol, mom, drawn = sample_batch(s, step, V, N, amp)
+        b = len(ids)
+        rows = torch.arange(b * V).view(b, V)
+        train_rows = rows[:, :M].reshape(-1)  # (b*M,) the policy rollouts that are trained
         trained = pol.take(train_rows)
-        # 3. score the trained rollouts with grad: log-probs and entropies from one forward pass
+        # 3. score the trained rollouts with grad: log-probs, entropies and self-certainties from one forward pass
         with amp:
-            logp, ent = score(model, trained, cfg.temperature)  # (B*M, T) each
-        resp_mask = trained.response_mask.float()  # (B*M, T)
-        H_train = core.masked_mean(ent, resp_mask, dim=1).view(B, M)
+            logp, ent, cert = score(model, trained, cfg.temperature)  # (b*M, T) each
+        resp_mask = trained.response_mask.float()  # (b*M, T)
+        H_train = core.masked_mean(ent, resp_mask, dim=1).view(b, M)
         # Entropies of the extra voters (ttrl's untrained votes, mgrpo's momentum rollouts) for the filter, no grad
-        H_extra = torch.zeros(B, G - M, device=device)
+        H_extra = torch.zeros(b, G - M, device=device)
         anchor_kl = float("nan")
         with torch.no_grad(), amp:
             if V > M and cfg.iqr_filter:
                 extra = pol.take(rows[:, M:].reshape(-1))
-                _, e = score(model, extra, cfg.temperature)
-                H_extra[:, : V - M] = core.masked_mean(e, extra.response_mask.float(), dim=1).view(B, V - M)
+                _, e, _ = score(model, extra, cfg.temperature)
+                H_extra[:, : V - M] = core.masked_mean(e, extra.response_mask.float(), dim=1).view(b, V - M)
             if N:
                 both = cat_rollouts([trained, mom], tok.pad_token_id)
-                k_logp, k_ent = score(s.momentum, both, cfg.temperature)
-                n_tr = B * M
+                k_logp, k_ent, _ = score(s.momentum, both, cfg.temperature)
+                n_tr = b * M
                 anchor_kl = core.masked_mean(core.k3_kl(logp.detach(), k_logp[:n_tr, : logp.shape[1]]), resp_mask).item()
-                H_mom = core.masked_mean(k_ent[n_tr:], both.response_mask[n_tr:].float(), dim=1).view(B, N)
+                H_mom = core.masked_mean(k_ent[n_tr:], both.response_mask[n_tr:].float(), dim=1).view(b, N)
                 H_extra[:, V - M :] = H_mom
-        H = torch.cat([H_train, H_extra], dim=1)  # (B, G) pooled: [trained | untrained votes | momentum]
-        # 4. entropy filter over the pooled group, then the vote among the survivors
-        keep = core.iqr_keep_mask(H, cfg.iqr_k) if cfg.iqr_filter else torch.ones(B, G, dtype=torch.bool)
+        H = torch.cat([H_train, H_extra], dim=1)  # (b, G) pooled: [trained | untrained votes | momentum]
+        # 4. entropy filter over the pooled group, then the vote among the survivors (every method votes: the share
+        #    is a label-free signal the detector reads, even where the reward is not the vote)
+        keep = core.iqr_keep_mask(H, cfg.iqr_k) if cfg.iqr_filter else torch.ones(b, G, dtype=torch.bool)
         keep = keep.cpu()
         texts = [[pol.texts[i * V + j] for j in range(V)] + ([mom.texts[i * N + j] for j in range(N)] if N else [])
-                 for i in range(B)]
-        answers = [[task.extract_answer(t) for t in row] for row in texts]  # B lists of G
+                 for i in range(b)]
+        answers = [[task.extract_answer(t) for t in row] for row in texts]  # b lists of G
+        votes = [core.majority_vote([a for a, k in zip(row, krow) if k], eq) for row, krow in zip(answers, keep.tolist())]
+        labels, shares = [v[0] for v in votes], [v[1] for v in votes]
         if cfg.method == "oracle":
             labels = [audit.gold[i] for i in ids]  # labelled method: the ceiling, never label-free
-            shares = [float("nan")] * B
-        else:
-            votes = [core.majority_vote([a for a, k in zip(row, krow) if k], eq) for row, krow in zip(answers, keep.tolist())]
-            labels, shares = [v[0] for v in votes], [v[1] for v in votes]
+        elif s.offline is not None:
+            labels = [s.offline[i] for i in ids]  # SRT mitigation 2: the start model's frozen vote
         # 5. rewards for the trained policy rollouts only; advantages among the kept ones
-        rewards = torch.tensor([core.match_rewards(row[:M], lbl, eq) for row, lbl in zip(answers, labels)])  # (B, M)
+        if cfg.method == "intuitor":  # methods.md §3: mean self-certainty over response tokens, current policy, detached
+            rewards = core.masked_mean(cert, resp_mask, dim=1).view(b, M).cpu()
+        else:
+            rewards = torch.tensor([core.match_rewards(row[:M], lbl, eq) for row, lbl in zip(answers, labels)])  # (b, M)
         keep_train = keep[:, :M]
-        adv = core.group_advantages(rewards, keep_train).to(device)  # (B, M)
+        adv = core.group_advantages(rewards, keep_train).to(device)  # (b, M)
         loss_mask = resp_mask * keep_train.reshape(-1, 1).to(device).float()  # dropped rows leave the loss
         ref_logp = None
         if s.ref is not None:
             with torch.no_grad(), amp:
-                ref_logp, _ = score(s.ref, trained, cfg.temperature)
+                ref_logp, _, _ = score(s.ref, trained, cfg.temperature)
         # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached)
         with amp:
             loss, lm = core.policy_loss(logp, logp.detach(), adv.reshape(-1), loss_mask, cfg.epsilon, cfg.beta, ref_logp)
@@ -316,20 +419,23 @@ def train(cfg: Config, resume: bool = False) -> Path:
             s.scheduler.step()
         # 7. momentum update after the optimizer step, every step that updated the policy
         if s.momentum is not None and not skipped:
-            core.ema_update_(list(s.momentum.parameters()), [p.detach().float() for p in model.parameters()], cfg.ema_decay)
+            core.ema_update_(list(s.momentum.parameters()), [p.detach().float() for p in model.parameters()], s.ema_decay)
         # 8. log
         kept_r = rewards[keep_train]
         unanimous = [bool((r[k] == r[k][0]).all()) if k.any() else True for r, k in zip(rewards, keep_train)]
         metrics = {
             "reward/pseudo": kept_r.mean().item() if kept_r.numel() else 0.0,
-            "vote/majority_share": float(np.nanmean(shares)) if cfg.method != "oracle" else None,
+            "vote/majority_share": float(np.mean(shares)),
             "vote/unanimous_groups": float(np.mean(unanimous)),
-            "vote/answer_diversity": len({lbl for lbl in labels if lbl is not None}) / B,
+            "vote/answer_diversity": len({lbl for lbl in (v[0] for v in votes) if lbl is not None}) / b,
             "policy/entropy": core.masked_mean(ent, resp_mask).item(),
+            "policy/self_certainty": core.masked_mean(cert, resp_mask).item(),
             "policy/response_length": resp_mask.sum(1).mean().item(),
             "filter/dropped": int((~keep).sum()),
             "filter/dropped_frac": float((~keep).float().mean()),
+            "filter/prompts_kept": b / drawn if cfg.online_filter is not None else None,
             "anchor/kl": anchor_kl if N else None,
+            "anchor/ema_decay": s.ema_decay if N else None,
             **lm,
             "grad/norm": grad_norm,
             "train/skipped": int(skipped),
@@ -338,11 +444,33 @@ def train(cfg: Config, resume: bool = False) -> Path:
         if audit is not None:
             metrics.update(audit.metrics(ids, labels, answers, M))
         metrics["time/step_s"] = time.perf_counter() - t0  # the training step alone, evaluation excluded
-        save_now = bool(cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+        # 8b. label-free collapse detection (issue 3): alarm, and with rollback/stop restore the last healthy weights
+        stop_reason = None
+        if s.detector is not None:
+            reading = s.detector.update(metrics)
+            metrics.update({"detector/signals": len(reading.fired), "detector/alarm": int(reading.alarm)})
+            unhealthy_since_save |= bool(reading.fired)
+            if reading.alarm:
+                log.info("step %d: collapse signals: %s", step, ", ".join(reading.fired))
+                if cfg.collapse_detector in ("rollback", "stop"):
+                    target, stop = detector_response(s, step)
+                    metrics["detector/rolled_back_to"] = target
+                    stop_reason = "collapse detector" if stop else None
+        save_now = bool(cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps or bool(stop_reason)
+        if step % cfg.eval_every == 0 or step == cfg.max_steps or stop_reason:
             metrics.update(evaluate(s))
         elif save_now and s.probes is not None:
             metrics.update(s.probes.score(model, tok))  # the gate judges each checkpoint by its own scores
+        # 8c. early stopping on a small labelled split (SRT mitigation 1; uses labels, reported as such)
+        if "stop/accuracy" in metrics and not stop_reason:
+            if metrics["stop/accuracy"] > s.stop_best[0]:
+                s.stop_best, s.stop_waited, save_now = (metrics["stop/accuracy"], step), 0, True
+            else:
+                s.stop_waited += 1
+            if s.stop_waited >= cfg.early_stopping_patience:
+                rollback(s, s.stop_best[1])
+                metrics.update({**evaluate(s), "stop/restored": s.stop_best[1]})
+                stop_reason, save_now = "early stopping", True
         regressed = {}
         if s.probes is not None and any(k.startswith("safety/") for k in metrics):
             regressed = s.probes.regressions(metrics)  # {category: (start, now)} beyond tolerance
@@ -360,29 +488,40 @@ def train(cfg: Config, resume: bool = False) -> Path:
             last = latest_checkpoint(s.run_dir, verify=False)
             raise SelfRLError(f"step {step}: {skipped_in_a_row} steps in a row had a non-finite loss or gradient; "
                               f"stopping (last checkpoint kept: {last.name if last else 'none'})")
-        # 9. checkpoint; pin the best by validation and the last healthy one, then keep the newest save_total_limit
-        #    The gate (issue 7): a checkpoint within tolerance of the start model's probe scores is promoted; on a
-        #    regression, `rollback` saves the promoted weights under this step (a resume must not pick up the
-        #    regressed ones), `stop` saves the regressed checkpoint for inspection and ends the run.
         if save_now:
-            val = metrics.get("val/accuracy")
-            extra = {k: v for k, v in metrics.items() if k == "val/accuracy" or k.startswith(("safety/", "gate/"))}
-            if "gate/rolled_back_to" in metrics:
-                rollback(s, metrics["gate/rolled_back_to"])
-                # This step's val and probe scores describe the weights just discarded, not the ones saved here.
-                extra, val = {"gate/rolled_back_to": metrics["gate/rolled_back_to"]}, None
-            save(s, step, extra)
-            if s.probes is not None and not regressed:
-                set_pointer(s.run_dir, "promoted", step)
-            pins = read_pointers(s.run_dir)
-            if val is not None and val > meta_value(s.run_dir, pins.get("best"), "val/accuracy"):
-                set_pointer(s.run_dir, "best", step)
-            if not unhealthy_since_save:
-                set_pointer(s.run_dir, "healthy", step)
+            checkpoint(s, step, metrics, regressed, healthy=not unhealthy_since_save)
             unhealthy_since_save = False
-            prune_checkpoints(s.run_dir, cfg.save_total_limit)
-            if regressed and cfg.gate_action == "stop":
-                raise SelfRLError(f"step {step}: safety gate: {describe(regressed)} (tolerance {cfg.probe_tolerance}); "
-                                  f"stopped; step_{step:06d} kept unpromoted, promoted checkpoint: step {metrics['gate/promoted']}")
+        if stop_reason:
+            log.info("step %d: %s: stopped; the final checkpoint is step_%06d", step, stop_reason, step)
+            break
     logger.close()
     return s.run_dir
+
+
+def checkpoint(s: Setup, step: int, metrics: dict, regressed: dict, healthy: bool) -> None:
+    """Save this step; pin the best by validation, the last healthy one and the early-stopping best, then keep the
+    newest save_total_limit. The gate (issue 7): a checkpoint within tolerance of the start model's probe scores is
+    promoted; on a regression, `rollback` saves the promoted weights under this step (a resume must not pick up the
+    regressed ones), `stop` saves the regressed checkpoint for inspection and ends the run."""
+    cfg = s.cfg
+    val = metrics.get("val/accuracy")
+    extra = {k: v for k, v in metrics.items() if k in ("val/accuracy", "stop/accuracy") or k.startswith(("safety/", "gate/"))}
+    extra["healthy"] = int(healthy)
+    if "gate/rolled_back_to" in metrics:
+        rollback(s, metrics["gate/rolled_back_to"])
+        # This step's val and probe scores describe the weights just discarded, not the ones saved here.
+        extra, val = {"gate/rolled_back_to": metrics["gate/rolled_back_to"], "healthy": int(healthy)}, None
+    save(s, step, extra)
+    if s.probes is not None and not regressed:
+        set_pointer(s.run_dir, "promoted", step)
+    pins = read_pointers(s.run_dir)
+    if val is not None and val > meta_value(s.run_dir, pins.get("best"), "val/accuracy"):
+        set_pointer(s.run_dir, "best", step)
+    if healthy:
+        set_pointer(s.run_dir, "healthy", step)
+    if s.stop_best[1] == step:
+        set_pointer(s.run_dir, "early_stop", step)
+    prune_checkpoints(s.run_dir, cfg.save_total_limit)
+    if regressed and cfg.gate_action == "stop":
+        raise SelfRLError(f"step {step}: safety gate: {describe(regressed)} (tolerance {cfg.probe_tolerance}); "
+                          f"stopped; step_{step:06d} kept unpromoted, promoted checkpoint: step {metrics['gate/promoted']}")
