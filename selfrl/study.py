@@ -35,6 +35,7 @@ import difflib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import statistics
@@ -112,14 +113,16 @@ class Outcome:
 
 
 def study_path(name: str) -> Path:
-    """A study file, or the name of a built-in one: `quick` -> selfrl/configs/study_quick.yaml."""
+    """A study file, or the name of a built-in one: `quick` -> selfrl/configs/study_quick.yaml, `study` ->
+    selfrl/configs/study.yaml."""
     path = Path(name)
-    builtin = Path(str(resources.files("selfrl") / "configs" / f"study_{name}.yaml"))
-    if not path.is_file() and builtin.is_file():
-        return builtin
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {name}")
-    return path
+    if path.is_file():
+        return path
+    configs = Path(str(resources.files("selfrl") / "configs"))
+    for builtin in (configs / f"study_{name}.yaml", configs / f"{name}.yaml"):
+        if builtin.is_file():
+            return builtin
+    raise ConfigError(f"study file not found: {name}")
 
 
 def _mapping(value, where: str) -> dict:
@@ -378,7 +381,7 @@ def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=110, format="png")  # format: the path may be a temp name
     plt.close(fig)
 
 
@@ -436,13 +439,22 @@ def markdown(title: str, outcomes: list[Outcome]) -> str:
     return "\n".join(md)
 
 
+def _write_replacing(path: Path, write) -> None:
+    """write(temp path), then rename over `path`. The temp name is this process's: two studies sharing an --out
+    (disjoint --only rows, side by side) may report at once, and neither may leave a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write_study_report(title: str, outcomes: list[Outcome], out: Path) -> str:
     """report.md, curves.png and summary.json (the tables as data) in `out`; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    plot_study(outcomes, out / "curves.png")
+    _write_replacing(out / "curves.png", lambda p: plot_study(outcomes, p))
     md = markdown(title, outcomes)
-    (out / "report.md").write_text(md)
-    write_json_atomic(out / "summary.json", {"rows": row_summaries(outcomes), "detector": detector_table(outcomes)})
+    _write_replacing(out / "report.md", lambda p: p.write_text(md))
+    data = {"rows": row_summaries(outcomes), "detector": detector_table(outcomes)}
+    _write_replacing(out / "summary.json", lambda p: p.write_text(json.dumps(data, indent=2)))
     return md
 
 
