@@ -216,9 +216,10 @@ def build_runs(study: Study, out: Path, quick: bool = False, sets: list[str] | N
 
 
 def check_unchanged(run: Run) -> None:
-    """A run directory made under another config (an edited study, --quick runs under the same --out) is an error."""
+    """A run directory that trained under another config (an edited study, --quick runs under the same --out) is an
+    error. One that failed before its first step holds nothing to misreport: it is retried under the new config."""
     saved_path = run.run_dir / "config.yaml"
-    if not saved_path.is_file():
+    if not (saved_path.is_file() and (run.run_dir / "metrics.jsonl").is_file()):
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
     now = run.cfg.to_dict()

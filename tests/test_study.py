@@ -106,26 +106,38 @@ def test_interrupted_study_resumes_only_what_is_unfinished(study, tmp_path):
     shutil.copytree(done_out, out)
     before = {s: read_metrics(out / "srt" / s) for s in ("seed_1",)}
     # srt/seed_1: killed after its step-1 checkpoint -> resumed; oracle/seed_0: killed before any checkpoint ->
-    # deleted and restarted. The other two are done and must not be touched.
+    # deleted and restarted; srt/seed_0: failed mid-training -> kept as failed. oracle/seed_1 is done: untouched.
     (out / "srt" / "seed_1" / "done.json").unlink()
     shutil.rmtree(out / "srt" / "seed_1" / "step_000002")
     (out / "oracle" / "seed_0" / "done.json").unlink()
     for ckpt in (out / "oracle" / "seed_0").glob("step_*"):
         shutil.rmtree(ckpt)
-    untouched = mtimes(out, ["srt/seed_0", "oracle/seed_1"])
+    (out / "srt" / "seed_0" / "done.json").unlink()
+    (out / "srt" / "seed_0" / "failed.json").write_text(json.dumps({"error": "step 2: stopped"}))
+    untouched = mtimes(out, ["oracle/seed_1"])
+    kept = (out / "srt" / "seed_0" / "metrics.jsonl").stat().st_mtime_ns
 
     with pytest.raises(ConfigError, match="max_steps=2, the study now says 3"):  # edited study: no silent reuse
         run_study(cfg, out, sets=["max_steps=3"])
 
+    # The failed row is fixed in the file: its run (failed before any step) is retried under the new config.
+    study = yaml.safe_load(cfg.read_text())
+    study["rows"][2]["set"]["task"] = f"{TASKS}:LastDigit"
+    cfg = tmp_path / "fixed.yaml"
+    cfg.write_text(yaml.safe_dump(study))
+
     _, outcomes = run_study(cfg, out, report_only=True)
     assert {(o.row, o.seed): o.status for o in outcomes}[("srt", 1)] == "partial"
     assert "| srt | 1 | partial |" in (out / "report.md").read_text()
-    assert "1/2, 1 partial" in (out / "report.md").read_text()
+    assert "| srt | srt | none | 0/2, 1 partial, 1 failed |" in (out / "report.md").read_text()
 
     _, outcomes = run_study(cfg, out)
     assert {(o.row, o.seed): o.status for o in outcomes} == {
-        ("srt", 0): "done", ("srt", 1): "done", ("oracle", 0): "done", ("oracle", 1): "done", ("broken", 0): "failed"}
-    assert mtimes(out, ["srt/seed_0", "oracle/seed_1"]) == untouched
+        ("srt", 0): "failed", ("srt", 1): "done", ("oracle", 0): "done", ("oracle", 1): "done", ("broken", 0): "done"}
+    assert not (out / "broken" / "seed_0" / "failed.json").exists()
+    assert mtimes(out, ["oracle/seed_1"]) == untouched
+    assert (out / "srt" / "seed_0" / "metrics.jsonl").stat().st_mtime_ns == kept
+    assert "- srt/seed_0: step 2: stopped" in (out / "report.md").read_text()
     assert json.loads((out / "srt" / "seed_1" / "done.json").read_text())["resumed"] is True
     assert json.loads((out / "oracle" / "seed_0" / "done.json").read_text())["resumed"] is False
     resumed = read_metrics(out / "srt" / "seed_1")
