@@ -375,6 +375,10 @@ def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
                 ax.plot(steps, mean, color=color, label=f"{row} (n={len(runs)})", linewidth=1.4,
                         marker="o" if key == "val/accuracy" else None, markersize=3)
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
+        for o in runs:  # each run's first collapse alarm, to read the detector's lead time off the accuracy curve
+            alarm = collapse_events(o.metrics)["alarm_step"]
+            if alarm is not None:
+                axes.flat[0].axvline(alarm, color=f"C{i % 10}", linestyle=":", linewidth=1, alpha=0.7)
     for ax, (key, title) in zip(axes.flat, PANELS):
         ax.set_title(f"{title}: mean, min-max band over seeds", fontsize=10)
         ax.set_xlabel("training step")
@@ -436,7 +440,8 @@ def markdown(title: str, outcomes: list[Outcome]) -> str:
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         md += ["\n## Failed runs\n"] + [f"- {o.row}/seed_{o.seed}: {o.error}" for o in failed]
-    md.append("\n![curves](curves.png)\n")
+    md.append("\n![curves](curves.png)\n\nCurves: the mean over the seeds that logged each step, with their min–max band; "
+              "dotted lines mark each run's first collapse alarm.\n")
     return "\n".join(md)
 
 
