@@ -1,4 +1,4 @@
-"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study."""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +120,16 @@ def cmd_report(args) -> None:
     print(f"written: {Path(out) / 'report.md'}, {Path(out) / 'report.png'}")
 
 
+def cmd_study(args) -> None:
+    from selfrl.study import run_study
+
+    out, outcomes = run_study(args.config, args.out, args.quick, args.only, args.set, args.report_only)
+    print(f"written: {out / 'report.md'}, {out / 'curves.png'}, {out / 'summary.json'}")
+    failed = [f"{o.row}/seed_{o.seed}" for o in outcomes if o.status == "failed"]
+    if failed:
+        raise SelfRLError(f"{len(failed)} of {len(outcomes)} runs failed ({', '.join(failed)}); see {out / 'report.md'}")
+
+
 def cmd_config(args) -> None:
     from selfrl.config import Config, field_docs, load_config
 
@@ -180,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", help="run directories")
     r.add_argument("--out", help="where to write report.md and report.png")
     r.set_defaults(func=cmd_report)
+    st = sub.add_parser("study", help="methods x seeds from one start, in sequence and resumable, then one report")
+    st.add_argument("config", help="study YAML file (docs in selfrl/study.py), or a built-in name: quick")
+    st.add_argument("--out", help="study directory (default: the file's output_dir; with --quick, that + '_quick')")
+    st.add_argument("--quick", action="store_true", help="apply the file's quick: overrides (a smoke pass)")
+    st.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (the report still covers all)")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field of every run")
+    st.add_argument("--report-only", action="store_true", help="train nothing; report on the runs that exist")
+    st.set_defaults(func=cmd_study)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -1,7 +1,8 @@
 """`selfrl report RUN_DIR...`: curves of several runs on shared axes, and a start / peak / final table.
 
 The table reports the FINAL checkpoint's accuracy next to the peak, and says which labels each run used
-(methods.md §2: a peak picked with labels is not a label-free result).
+(methods.md §2: a peak picked with labels is not a label-free result). The per-run numbers here (`run_stats`,
+`collapse_events`, `labels_used`) are also what `selfrl study` aggregates over seeds.
 """
 from __future__ import annotations
 
@@ -47,17 +48,60 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     return cfg, read_metrics(run_dir)
 
 
-def summarize(run_dir: Path) -> RunSummary:
-    cfg, rows = load_run(run_dir)
-    vals = [(r["step"], r["val/accuracy"]) for r in rows if r.get("val/accuracy") is not None]
+def labels_used(cfg: dict) -> str:
+    """Which labels a run's config lets reach training (methods.md §2): a result that used labels is not label-free."""
+    used = []
+    if cfg.get("method") == "oracle":
+        used.append("gold answers (reward)")
+    if cfg.get("early_stopping_patience") is not None:
+        used.append(f"labelled split: {cfg.get('early_stopping_examples')} examples (early stopping)")
+    return "; ".join(used) or "none"
+
+
+def method_name(cfg: dict) -> str:
+    return cfg.get("method", "?") + ("+iqr" if cfg.get("iqr_filter") else "")
+
+
+def val_curve(rows: list[dict]) -> list[tuple[int, float]]:
+    """(step, val/accuracy) at every evaluation, in logged order."""
+    return [(r["step"], r["val/accuracy"]) for r in rows if r.get("val/accuracy") is not None]
+
+
+def run_stats(rows: list[dict]) -> dict | None:
+    """start (step 0), peak and its step (the earliest on a tie), final (the last logged evaluation: the run's last
+    checkpoint, chosen by no one) and mean seconds per training step; None before the first evaluation."""
+    vals = val_curve(rows)
     if not vals:
-        raise SelfRLError(f"{run_dir} has no val/accuracy yet")
+        return None
     peak_step, peak = max(vals, key=lambda sv: (sv[1], -sv[0]))
     times = [r["time/step_s"] for r in rows if r.get("time/step_s") is not None]
-    method = cfg.get("method", "?") + ("+iqr" if cfg.get("iqr_filter") else "")
-    labels = "gold answers (reward)" if cfg.get("method") == "oracle" else "none"
-    return RunSummary(run_name(cfg, Path(run_dir)), method, labels, vals[0][1], peak, peak_step, vals[-1][1],
-                      vals[-1][0], sum(times) / max(len(times), 1))
+    return {"start": vals[0][1], "peak": peak, "peak_step": peak_step, "final": vals[-1][1], "final_step": vals[-1][0],
+            "gain": vals[-1][1] - vals[0][1], "step_s": sum(times) / len(times) if times else None}
+
+
+def collapse_events(rows: list[dict], drop: float = 0.2) -> dict:
+    """When the label-free collapse detector first fired, when validation accuracy fell, and the lead time between.
+
+    The fall is the first evaluation whose accuracy is below (1 - drop) x the best accuracy so far (that evaluation
+    included); lead = fall - alarm, positive when the alarm came first; None where either event is missing."""
+    alarm = next((r["step"] for r in rows if r.get("detector/alarm")), None)
+    fall, best = None, float("-inf")
+    for step, acc in val_curve(rows):
+        best = max(best, acc)
+        if acc < (1 - drop) * best:
+            fall = step
+            break
+    return {"alarm_step": alarm, "fall_step": fall,
+            "lead": fall - alarm if alarm is not None and fall is not None else None}
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    cfg, rows = load_run(run_dir)
+    st = run_stats(rows)
+    if st is None:
+        raise SelfRLError(f"{run_dir} has no val/accuracy yet")
+    return RunSummary(run_name(cfg, Path(run_dir)), method_name(cfg), labels_used(cfg), st["start"], st["peak"],
+                      st["peak_step"], st["final"], st["final_step"], st["step_s"] or 0.0)
 
 
 def markdown_table(summaries: list[RunSummary]) -> str:

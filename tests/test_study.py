@@ -1,0 +1,220 @@
+"""`selfrl study`: a rows x seeds matrix on the tiny model through the real CLI, its report's numbers recomputed from
+the runs' metrics.jsonl, resume after an interruption, a failing run, the collapse-detector table on hand-made
+metrics, and one-line errors for bad study files."""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selfrl.errors import ConfigError
+from selfrl.logger import read_metrics
+from selfrl.study import Outcome, build_runs, default_out, detector_table, load_study, run_study
+from tests.conftest import tiny_sets
+from tests.test_cli import run_cli
+
+TASKS = Path(__file__).with_name("gold_tasks.py")
+
+
+def tiny_base(model_dir: Path) -> dict:
+    """tiny_sets' 2-step run as a study's base. LastDigit: the tiny model then scores above zero, so seeds differ.
+    One torch thread: on a shared 2-core machine, torch's default threads spin against each other (~8x slower)."""
+    pairs = dict(s.split("=", 1) for s in tiny_sets(model_dir, Path("unused"), task=f"{TASKS}:LastDigit",
+                                                     torch_threads=1, eval_limit=64))
+    del pairs["output_dir"]
+    return pairs
+
+
+def write_study(path: Path, model_dir: Path) -> Path:
+    study = {
+        "base": tiny_base(model_dir),
+        "seeds": [0, 1],
+        "quick": {"max_steps": 1},
+        "rows": [
+            {"name": "srt", "set": {"method": "srt"}},
+            {"name": "oracle", "set": {"method": "oracle"}},
+            # A task without gold answers: oracle fails in train() before its first step.
+            {"name": "broken", "set": {"method": "oracle", "task": f"{TASKS}:NoGold"}, "seeds": [0]},
+        ],
+    }
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model_dir, tmp_path_factory):
+    """The study run once through the CLI: (process, study dir, study file)."""
+    tmp = tmp_path_factory.mktemp("study")
+    cfg = write_study(tmp / "study.yaml", tiny_model_dir)
+    proc = run_cli("study", str(cfg), "--out", str(tmp / "out"))
+    return proc, tmp / "out", cfg
+
+
+def mtimes(out: Path, runs: list[str]) -> dict:
+    return {(r, f): (out / r / f).stat().st_mtime_ns for r in runs for f in ("done.json", "metrics.jsonl")}
+
+
+def test_study_runs_every_row_and_reports_seed_statistics(study):
+    proc, out, _ = study
+    for run in ("srt/seed_0", "srt/seed_1", "oracle/seed_0", "oracle/seed_1"):
+        assert (out / run / "done.json").is_file(), proc.stderr
+        assert [r["step"] for r in read_metrics(out / run)] == [0, 1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["row"]: r for r in summary["rows"]}
+    assert [r["row"] for r in summary["rows"]] == ["srt", "oracle", "broken"]
+    for name in ("srt", "oracle"):
+        vals = [[r["val/accuracy"] for r in read_metrics(out / name / f"seed_{s}") if "val/accuracy" in r] for s in (0, 1)]
+        finals, starts = [v[-1] for v in vals], [v[0] for v in vals]
+        got = rows[name]
+        assert (got["done"], got["seeds"], got["n"]) == (2, 2, 2)
+        assert got["final"]["mean"] == pytest.approx(statistics.fmean(finals))
+        assert got["final"]["std"] == pytest.approx(statistics.stdev(finals))
+        assert (got["final"]["min"], got["final"]["max"]) == (min(finals), max(finals))
+        assert got["gain"]["mean"] == pytest.approx(statistics.fmean(f - s for f, s in zip(finals, starts)))
+        assert got["peak"]["mean"] == pytest.approx(statistics.fmean(max(v) for v in vals))
+        times = [statistics.fmean(r["time/step_s"] for r in read_metrics(out / name / f"seed_{s}") if "time/step_s" in r)
+                 for s in (0, 1)]
+        assert got["step_s"] == pytest.approx(statistics.fmean(times))
+        md_final = (f"{statistics.fmean(finals):.3f} ± {statistics.stdev(finals):.3f} "
+                    f"[{min(finals):.3f}, {max(finals):.3f}]")
+        assert md_final in (out / "report.md").read_text()
+    assert any(rows[n]["final"]["std"] > 0 for n in ("srt", "oracle")), "seeds agree everywhere: std is untested"
+    assert rows["oracle"]["labels_used"] == "gold answers (reward)" and rows["srt"]["labels_used"] == "none"
+    assert (out / "curves.png").stat().st_size > 10_000
+
+
+def test_failed_run_is_recorded_and_the_others_still_run(study):
+    proc, out, _ = study
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"selfrl: error: 1 of 5 runs failed (broken/seed_0); see {out / 'report.md'}")
+    error = json.loads((out / "broken" / "seed_0" / "failed.json").read_text())["error"]
+    assert "\n" not in error and error
+    md = (out / "report.md").read_text()
+    assert f"- broken/seed_0: {error}" in md
+    assert "| broken | 0 | failed |" in md
+    assert (out / "srt" / "seed_1" / "done.json").is_file()  # the run after the failing row's position still ran
+
+
+def test_interrupted_study_resumes_only_what_is_unfinished(study, tmp_path):
+    _, done_out, cfg = study
+    out = tmp_path / "out"
+    shutil.copytree(done_out, out)
+    before = {s: read_metrics(out / "srt" / s) for s in ("seed_1",)}
+    # srt/seed_1: killed after its step-1 checkpoint -> resumed; oracle/seed_0: killed before any checkpoint ->
+    # deleted and restarted; srt/seed_0: failed mid-training -> kept as failed. oracle/seed_1 is done: untouched.
+    (out / "srt" / "seed_1" / "done.json").unlink()
+    shutil.rmtree(out / "srt" / "seed_1" / "step_000002")
+    (out / "oracle" / "seed_0" / "done.json").unlink()
+    for ckpt in (out / "oracle" / "seed_0").glob("step_*"):
+        shutil.rmtree(ckpt)
+    (out / "srt" / "seed_0" / "done.json").unlink()
+    (out / "srt" / "seed_0" / "failed.json").write_text(json.dumps({"error": "step 2: stopped"}))
+    untouched = mtimes(out, ["oracle/seed_1"])
+    kept = (out / "srt" / "seed_0" / "metrics.jsonl").stat().st_mtime_ns
+
+    with pytest.raises(ConfigError, match="max_steps=2, the study now says 3"):  # edited study: no silent reuse
+        run_study(cfg, out, sets=["max_steps=3"])
+
+    # The failed row is fixed in the file: its run (failed before any step) is retried under the new config.
+    study = yaml.safe_load(cfg.read_text())
+    study["rows"][2]["set"]["task"] = f"{TASKS}:LastDigit"
+    cfg = tmp_path / "fixed.yaml"
+    cfg.write_text(yaml.safe_dump(study))
+
+    _, outcomes = run_study(cfg, out, report_only=True)
+    assert {(o.row, o.seed): o.status for o in outcomes}[("srt", 1)] == "partial"
+    assert "| srt | 1 | partial |" in (out / "report.md").read_text()
+    assert "| srt | srt | none | 0/2, 1 partial, 1 failed |" in (out / "report.md").read_text()
+
+    _, outcomes = run_study(cfg, out)
+    assert {(o.row, o.seed): o.status for o in outcomes} == {
+        ("srt", 0): "failed", ("srt", 1): "done", ("oracle", 0): "done", ("oracle", 1): "done", ("broken", 0): "done"}
+    assert not (out / "broken" / "seed_0" / "failed.json").exists()
+    assert mtimes(out, ["oracle/seed_1"]) == untouched
+    assert (out / "srt" / "seed_0" / "metrics.jsonl").stat().st_mtime_ns == kept
+    assert "- srt/seed_0: step 2: stopped" in (out / "report.md").read_text()
+    assert json.loads((out / "srt" / "seed_1" / "done.json").read_text())["resumed"] is True
+    assert json.loads((out / "oracle" / "seed_0" / "done.json").read_text())["resumed"] is False
+    resumed = read_metrics(out / "srt" / "seed_1")
+    assert [r["step"] for r in resumed] == [0, 1, 2]
+    assert resumed[2]["val/accuracy"] == before["seed_1"][2]["val/accuracy"]  # resume replays the same step
+    assert [r["step"] for r in read_metrics(out / "oracle" / "seed_0")] == [0, 1, 2]
+
+
+def test_detector_table_on_hand_made_metrics():
+    def val(*pairs):
+        return [{"step": s, "val/accuracy": a} for s, a in pairs]
+
+    def alarm(step):
+        return [{"step": s, "detector/alarm": int(s == step)} for s in range(1, 5)]
+
+    runs = [
+        # Best so far 0.6 at step 2; 0.45 < 0.8 x 0.6 = 0.48 at step 4 is the fall. First alarm at 3: lead 4 - 3 = +1.
+        Outcome("srt", 0, "done", {"method": "srt"}, val((0, 0.5), (2, 0.6)) + alarm(3) + val((4, 0.45))),
+        # 0.35 < 0.8 x 0.5 = 0.4 at step 2: the fall (0.4 itself would not be below); the alarm at 4 comes after it:
+        # lead 2 - 4 = -2.
+        Outcome("srt", 1, "done", {"method": "srt"}, val((0, 0.5), (2, 0.35), (4, 0.3)) + alarm(4)),
+        # Never below 0.8 x its best (0.5 -> 0.41 is above 0.4): an alarm without a fall.
+        Outcome("srt", 2, "done", {"method": "srt"}, val((0, 0.5), (2, 0.41)) + alarm(1)),
+        # No detector metrics at all: no alarm; still a fall (0.3 < 0.8 x 0.5).
+        Outcome("srt", 3, "done", {"method": "srt"}, val((0, 0.5), (2, 0.3))),
+        # Oracle rises and alarms anyway: a false alarm both ways.
+        Outcome("oracle", 0, "done", {"method": "oracle"}, val((0, 0.5), (4, 0.9)) + alarm(2)),
+        Outcome("mgrpo", 0, "not run", {"method": "mgrpo"}, []),
+    ]
+    table = {d["row"]: d for d in detector_table(runs)}
+    assert table["srt"] == {"row": "srt", "runs": 4, "watched": 3, "alarmed": 3, "fell": 3, "leads": [1, -2],
+                            "mean_lead": -0.5, "oracle_alarms": 0, "alarms_without_fall": 1}
+    assert table["oracle"] == {"row": "oracle", "runs": 1, "watched": 1, "alarmed": 1, "fell": 0, "leads": [],
+                               "mean_lead": None, "oracle_alarms": 1, "alarms_without_fall": 1}
+    assert table["mgrpo"]["runs"] == 0 and table["mgrpo"]["mean_lead"] is None
+
+
+BAD = [
+    ("rowz: []\n", "unknown key 'rowz' (did you mean 'rows'?)"),
+    ("rows:\n  - set: {method: srt}\n", "rows[0]: a row needs a name"),
+    ("rows:\n  - name: a/b\n", "a row needs a name usable as a directory name"),
+    ("rows:\n  - name: a\n  - name: a\n", "rows[1]: duplicate row name 'a'"),
+    ("rows:\n  - name: a\n    set: {methd: srt}\n", "unknown config key 'methd' in {path}: row 'a' set (did you mean 'method'?)"),
+    ("base: {seed: 3}\nrows:\n  - name: a\n", "base: 'seed' is set per run by the study"),
+    ("seeds: [0, 0]\nrows:\n  - name: a\n", "seeds repeat"),
+    ("rows:\n  - name: a\n    set: {num_generations: 1}\n", "row 'a': num_generations: must be at least 2"),
+    ("rows:\n  - name: a\n    sets: {}\n", "rows[0]: unknown key 'sets' (did you mean 'set'?)"),
+    ("rows: [\n", "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD)
+def test_bad_study_files_are_one_line_config_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        build_runs(load_study(path), tmp_path / "out")
+    assert message.format(path=path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_study_file_through_the_cli(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("rows:\n  - name: srt\n    set: {method: srt, learning_rat: 0.1}\n")
+    proc = run_cli("study", str(path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"selfrl: error: unknown config key 'learning_rat' in {path}: row 'srt' set "
+                                   f"(did you mean 'learning_rate'?)")
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+    with pytest.raises(ConfigError, match="--only: no row named 'sr'; the rows are srt"):
+        path.write_text("rows:\n  - name: srt\n    set: {method: srt}\n")
+        run_study(path, tmp_path / "out", only=["sr"])
+
+
+def test_builtin_quick_study_resolves_by_name_and_validates():
+    study = load_study("quick")
+    assert study.path.name == "study_quick.yaml"
+    runs = build_runs(study, default_out(study, quick=True), quick=True, sets=["device=cpu"])
+    assert [(r.row, r.seed) for r in runs] == [(row, s) for row in ("oracle", "srt", "mgrpo") for s in (0, 1)]
+    assert runs[0].cfg.max_steps == 4 and runs[0].cfg.device == "cpu"
+    assert runs[-1].run_dir == Path("runs/example_study_quick/mgrpo/seed_1")
