@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch (already on disk on the project's machines); GPU users install their own torch first.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The stability study behind docs/results.md (about 1.5 h on 2 cores; resumable: run it again after an interruption).
+study: venv
+	$(VENV)/bin/selfrl study study
 
 clean:
 	rm -rf $(VENV) runs .cache
