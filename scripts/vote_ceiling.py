@@ -23,9 +23,11 @@ def main() -> None:
     model, tok = load_model(str(organism_path()), torch.device("cpu"))
     model.eval()
     examples = task.eval_examples("val")
-    greedy, _ = greedy_accuracy(model, tok, task, examples, 12)
+    greedy, greedy_texts = greedy_accuracy(model, tok, task, examples, 12)
+    greedy_right = np.array([(x := task.extract_answer(t)) is not None and task.is_equivalent(x, a)
+                             for t, (_, a) in zip(greedy_texts, examples)])
     print(f"greedy accuracy {greedy:.3f} on {len(examples)} validation questions")
-    print("| T | G | sample acc | majority-vote acc | share >= 0.6: kept, vote acc | easiest third: vote acc |")
+    print("| T | G | sample acc | majority-vote acc | share >= 0.6: kept, vote acc | easiest third: vote acc, greedy acc |")
     print("|---|---|---|---|---|---|")
     batch = encode_prompts(tok, [task.format_prompt(q) for q, _ in examples], torch.device("cpu"))
     for T in (1.0, 0.7):
@@ -40,7 +42,7 @@ def main() -> None:
             keep = share >= 0.6
             third = share >= np.quantile(share, 2 / 3)
             print(f"| {T} | {G} | {sample:.3f} | {right.mean():.3f} | {keep.mean():.2f}, {right[keep].mean():.3f} | "
-                  f"{right[third].mean():.3f} |")
+                  f"{right[third].mean():.3f}, {greedy_right[third].mean():.3f} |")
 
 
 if __name__ == "__main__":
