@@ -16,19 +16,7 @@ import yaml
 
 from selfrl.detector import CollapseDetector
 from selfrl.logger import read_metrics
-
-
-def fall_step(rows: list[dict], drop: float = 0.2) -> int | None:
-    """First evaluation step whose val/accuracy is `drop` below the best so far."""
-    best = -1.0
-    for r in rows:
-        v = r.get("val/accuracy")
-        if v is None:
-            continue
-        best = max(best, v)
-        if v < (1 - drop) * best:
-            return r["step"]
-    return None
+from selfrl.report import collapse_events
 
 
 def first_alarm(rows: list[dict], window: int, min_signals: int) -> int | None:
@@ -46,7 +34,7 @@ def main(study: Path) -> None:
         if cfg.get("collapse_detector") != "alarm" or not (d / "done.json").is_file():
             continue  # a run the detector acted on changed its own future: not a fair replay
         rows = read_metrics(d)
-        runs.append((f"{d.parent.name}/{d.name}", cfg["method"], rows, fall_step(rows)))
+        runs.append((f"{d.parent.name}/{d.name}", cfg["method"], rows, collapse_events(rows)["fall_step"]))
     print(f"{len(runs)} alarm-only runs; {sum(f is not None for *_, f in runs)} fell 20% below their peak")
     print("| window | min signals | falls warned before the fall | mean lead (steps) | alarms on runs that never fell | on oracle |")
     print("|---|---|---|---|---|---|")

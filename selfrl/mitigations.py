@@ -37,20 +37,18 @@ def start_model_votes(model, tokenizer, task, prompts: list[str], n_votes: int, 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)  # votes do not consume the run's own RNG stream
-    state = torch.get_rng_state()
-    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
     labels, shares = [], []
-    for i in tqdm(range(0, len(prompts), batch_prompts), desc="start-model votes", disable=not progress):
-        chunk = prompts[i : i + batch_prompts]
-        batch = encode_prompts(tokenizer, [task.format_prompt(p) for p in chunk], device)
-        texts = generate(model, tokenizer, batch, n_votes, max_new_tokens, temperature).texts
-        for j in range(len(chunk)):
-            answers = [task.extract_answer(t) for t in texts[j * n_votes : (j + 1) * n_votes]]
-            label, share = core.majority_vote(answers, task.is_equivalent)
-            labels.append(label)
-            shares.append(share)
-    torch.set_rng_state(state)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG streams are untouched
+        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed))))
+        for i in tqdm(range(0, len(prompts), batch_prompts), desc="start-model votes", disable=not progress):
+            chunk = prompts[i : i + batch_prompts]
+            batch = encode_prompts(tokenizer, [task.format_prompt(p) for p in chunk], device)
+            texts = generate(model, tokenizer, batch, n_votes, max_new_tokens, temperature).texts
+            for j in range(len(chunk)):
+                answers = [task.extract_answer(t) for t in texts[j * n_votes : (j + 1) * n_votes]]
+                label, share = core.majority_vote(answers, task.is_equivalent)
+                labels.append(label)
+                shares.append(share)
     model.train(was_training)
     write_json_atomic(path, {"n_votes": n_votes, "labels": labels, "shares": shares})
     log.info("start-model votes: %d prompts x %d samples, mean majority share %.3f", len(prompts), n_votes,

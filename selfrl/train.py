@@ -232,7 +232,8 @@ def sample_batch(s: Setup, step: int, V: int, N: int, amp) -> tuple[list[int], R
     device = next(s.model.parameters()).device
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # per-step sampling seed: a resume replays the step exactly
     ids, pols, moms, drawn = [], [], [], 0
-    while len(ids) < B and (drawn < B * cfg.online_filter_max_draws or (not ids and drawn < 10 * B * cfg.online_filter_max_draws)):
+    limit = B * cfg.online_filter_max_draws  # past it, keep drawing (up to 10x) only while no prompt has passed
+    while len(ids) < B and (drawn < limit or (not ids and drawn < 10 * limit)):
         draw = [s.pool[j] for j in s.stream.next(B)]  # questions only: no answers are fetched here
         drawn += B
         batch = encode_prompts(tok, [s.task.format_prompt(s.prompts[i]) for i in draw], device)
@@ -286,8 +287,8 @@ def detector_response(s: Setup, step: int) -> tuple[int | None, bool]:
     cfg = s.cfg
     # The newest checkpoint saved healthy (no skipped step and no detector signal since the one before); read from
     # the checkpoints' meta rather than the `healthy` pin, which a resume voids when it points past the restart.
-    healthy = [int(c.name[5:]) for c in list_checkpoints(s.run_dir) if meta_value(s.run_dir, int(c.name[5:]), "healthy") > 0]
-    target = max(healthy, default=None)
+    steps = [int(c.name[5:]) for c in list_checkpoints(s.run_dir)]
+    target = max((st for st in steps if meta_value(s.run_dir, st, "healthy") > 0), default=None)
     stop = cfg.collapse_detector == "stop" or s.rollbacks >= cfg.max_rollbacks
     if target is None:
         log.warning("step %d: collapse alarm but no healthy checkpoint to restore", step)
