@@ -1,4 +1,4 @@
-"""Sampling rollouts and scoring them: one generate call, one forward pass.
+"""Sampling rollouts and scoring them, each prompt run once for all its samples.
 
 A `Rollouts` batch holds prompts left-padded to P tokens followed by responses right-padded to T tokens, the
 layout `model.generate` returns. Scoring a batch under a model gives per-token log-probs and entropies of the
@@ -6,6 +6,7 @@ response tokens at the sampling temperature (as TRL does, so the gradient is tha
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ class Rollouts:
     response_mask: torch.Tensor  # (N, T) 1 on response tokens up to and including the first EOS
     prompt_len: int  # P
     texts: list[str]  # N decoded responses (special tokens removed)
+    entropy: torch.Tensor | None = None  # (N, T) entropy of each token's sampling distribution (0 on padding)
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -35,7 +37,7 @@ class Rollouts:
         """The rows with these indices, in this order."""
         return Rollouts(
             self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows], self.prompt_len,
-            [self.texts[i] for i in rows.tolist()],
+            [self.texts[i] for i in rows.tolist()], None if self.entropy is None else self.entropy[rows],
         )
 
 
@@ -54,6 +56,8 @@ def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
         torch.cat([torch.nn.functional.pad(p.response_mask, (0, T - p.response_mask.shape[1])) for p in parts]),
         P,
         [t for p in parts for t in p.texts],
+        None if any(p.entropy is None for p in parts) else
+        torch.cat([torch.nn.functional.pad(p.entropy, (0, T - p.entropy.shape[1])) for p in parts]),
     )
 
 
@@ -61,6 +65,28 @@ def encode_prompts(tokenizer, prompts: list[str], device: torch.device) -> dict[
     """Left-padded prompt batch (decoder-only generation continues from the right edge)."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's own (e.g. a chat model's end of turn),
+    as TRL does."""
+    ids = {tokenizer.eos_token_id}
+    extra = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, (list, tuple)) else [extra] if extra is not None else [])
+    return sorted(i for i in ids if i is not None)
+
+
+def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int):
+    """Run each prompt once and share it among its k samples: returns (logits of the next token (B*k, V), the KV
+    cache expanded to B*k rows, positions (B*k,) of the next token). `model.generate` would run the prompt k times."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P) left padding does not shift positions
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(k)
+    return out.logits[:, -1].repeat_interleave(k, dim=0), cache, (position_ids[:, -1] + 1).repeat_interleave(k, dim=0)
 
 
 @torch.no_grad()
@@ -73,42 +99,116 @@ def generate(
     temperature: float = 1.0,
     greedy: bool = False,
 ) -> Rollouts:
-    """`num_samples` completions per prompt with `model.generate` (pure sampling: top_k=0, top_p=1)."""
-    ids = prompt_batch["input_ids"].repeat_interleave(num_samples, dim=0)  # (N, P)
-    mask = prompt_batch["attention_mask"].repeat_interleave(num_samples, dim=0)
-    P = ids.shape[1]
-    kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **kwargs,
-    )  # (N, P+T)
-    resp = out[:, P:]  # (N, T)
-    is_eos = resp == tokenizer.eos_token_id
-    # Response tokens are those up to and including the first EOS; after it generate pads.
+    """`num_samples` completions per prompt by pure sampling at `temperature` (top_k=0, top_p=1), or greedy.
+
+    Hand-written rather than `model.generate` (docs/performance.md) because generate can do neither of the two things
+    that matter here: (1) each prompt is run once and its KV cache shared by its samples, instead of once per sample;
+    (2) rows that have ended are dropped from the batch, instead of being fed padding until the longest ends. It also
+    returns the entropy of each sampling distribution, which the IQR filter needs, so no forward pass is spent on it.
+    The distribution is generate's: softmax(logits / temperature), sampled with torch.multinomial.
+    """
+    prompt_ids, prompt_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]  # (B, P)
+    k, (B, P) = num_samples, prompt_ids.shape
+    n, device = B * k, prompt_ids.device
+    stop = torch.tensor(eos_ids(model, tokenizer), device=device)
+    tokens = torch.full((n, max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)  # (N, T)
+    entropy = torch.zeros(n, max_new_tokens, device=device)  # (N, T)
+    logits, cache, pos = _prefill(model, prompt_ids, prompt_mask, k)
+    mask = prompt_mask.repeat_interleave(k, dim=0)  # (A, P+t) A rows still generating
+    active = torch.arange(n, device=device)  # (A,) their row numbers
+    ended = torch.zeros(n, dtype=torch.bool, device=device)  # (A,)
+    steps = 0
+    for t in range(max_new_tokens):
+        z = logits.float() / (1.0 if greedy else temperature)  # (A, V)
+        logp = torch.log_softmax(z, dim=-1)
+        entropy[active, t] = -(logp.exp() * logp).sum(-1)
+        nxt = z.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(1)  # (A,)
+        tokens[active, t] = torch.where(ended, tokenizer.pad_token_id, nxt)
+        ended |= torch.isin(nxt, stop)
+        steps = t + 1
+        if bool(ended.all()) or steps == max_new_tokens:
+            break
+        if int(ended.sum()) * 8 >= len(active):  # drop ended rows once they are 1/8 of the batch (a copy of the cache)
+            live = (~ended).nonzero().squeeze(1)
+            cache.batch_select_indices(live)
+            active, mask, pos, nxt, ended = active[live], mask[live], pos[live], nxt[live], ended[live]
+        mask = torch.nn.functional.pad(mask, (0, 1), value=1)
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None], past_key_values=cache,
+                       use_cache=True).logits[:, -1]
+        pos = pos + 1
+    resp = tokens[:, :steps]  # (N, T)
+    is_eos = torch.isin(resp, stop)
+    # Response tokens are those up to and including the first EOS; after it the rows hold padding.
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
     response_mask = (~after_eos).long()  # (N, T)
-    attention_mask = torch.cat([mask, response_mask], dim=1)
-    texts = tokenizer.batch_decode(resp.masked_fill(after_eos | is_eos, tokenizer.pad_token_id), skip_special_tokens=True)
-    return Rollouts(out, attention_mask, response_mask, P, texts)
+    resp = resp.masked_fill(after_eos, tokenizer.pad_token_id)
+    input_ids = torch.cat([prompt_ids.repeat_interleave(k, dim=0), resp], dim=1)  # (N, P+T)
+    attention_mask = torch.cat([prompt_mask.repeat_interleave(k, dim=0), response_mask], dim=1)
+    texts = tokenizer.batch_decode(resp.masked_fill(is_eos, tokenizer.pad_token_id), skip_special_tokens=True)
+    return Rollouts(input_ids, attention_mask, response_mask, P, texts, entropy[:, :steps] * response_mask)
 
 
-def score(model, rollouts: Rollouts, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def length_buckets(lengths: list[int], overhead: float = 0.05) -> list[list[int]]:
+    """Rows grouped by response length so that a forward pass over a group runs only to its own longest response.
+
+    Rows are sorted by length and cut at quartiles where that pays: of the 8 ways to cut at the three quartiles,
+    the one with the fewest padded tokens wins, each extra forward call counted as `overhead` of the uncut batch's
+    tokens (the per-call cost that dominates small models). Equal lengths give one bucket. Returns row lists.
+    """
+    order = sorted(range(len(lengths)), key=lambda r: -lengths[r])
+    n = len(order)
+    cuts = sorted({n * q // 4 for q in (1, 2, 3)} - {0, n})
+    best, best_cost = [0, n], math.inf
+    for mask in range(1 << len(cuts)):
+        edges = [0] + [c for j, c in enumerate(cuts) if mask >> j & 1] + [n]
+        padded = sum((b - a) * lengths[order[a]] for a, b in zip(edges, edges[1:]))
+        cost = padded + (len(edges) - 2) * overhead * n * lengths[order[0]]
+        if cost < best_cost:
+            best, best_cost = edges, cost
+    return [order[a:b] for a, b in zip(best, best[1:])]
+
+
+def score(model, rollouts: Rollouts, temperature: float = 1.0, group: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs, entropies and self-certainties of the response tokens under `model` at `temperature`.
 
-    Returns (logp, entropy, certainty), each (N, T); entropy and certainty are detached; values on padding are meaningless, mask them with response_mask.
-    Runs with or without grad depending on the caller's context. Positions come from the attention mask, as in
-    generate, so left padding does not shift them.
+    Returns (logp, entropy, certainty), each (N, T); entropy and certainty are detached; values on padding are
+    meaningless (zero), mask them with response_mask. Runs with or without grad depending on the caller's context.
+    Positions come from the attention mask, as in generate, so left padding does not shift them.
+
+    Two savings, neither of which changes the result (tests/test_rollout.py compares with one plain forward pass):
+      * `group` = k: rows are k samples of each prompt (prompt-major, as generate returns them). Each prompt is run
+        once and its KV cache shared by its k responses; with grad, the prompt's gradient is the sum over them.
+      * Responses are right-padded to the longest; rows are grouped by length (`length_buckets`) and each group runs
+        only to its own longest response, so padding after EOS costs (almost) nothing.
     """
-    position_ids = (rollouts.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, position_ids=position_ids
-    ).logits  # (N, P+T, V)
-    P = rollouts.prompt_len
-    logits = logits[:, P - 1 : -1] / temperature  # (N, T, V): position t predicts response token t
-    # Intuitor's self-certainty is read from the same temperature-scaled distribution the rollout was sampled from.
-    detached = logits.detach()
-    return token_logprobs(logits, rollouts.response_ids), token_entropy(detached), self_certainty(detached)
+    from transformers import DynamicCache
+
+    P, T = rollouts.prompt_len, rollouts.response_ids.shape[1]
+    ids, mask = rollouts.input_ids, rollouts.attention_mask
+    first, cache, pos = _prefill(model, ids[::group, :P], mask[::group, :P], 1)  # (N/k, V), N/k rows, (N/k,)
+    lengths = rollouts.response_mask.sum(dim=1).clamp(min=1).tolist()
+    rows_out, parts = [], []
+    for rows in length_buckets(lengths):
+        t = lengths[rows[0]]  # the bucket's longest response
+        r = torch.tensor(rows, device=ids.device)
+        p = r // group  # each row's prompt
+        logits = first[p][:, None]  # (n, 1, V) predicts response token 0
+        if t > 1:
+            sub = DynamicCache(config=model.config)
+            for layer, kv in enumerate(cache.layers):
+                sub.update(kv.keys[p], kv.values[p], layer)
+            positions = pos[p, None] + torch.arange(t - 1, device=ids.device)  # (n, t-1)
+            rest = model(input_ids=ids[r, P : P + t - 1], attention_mask=mask[r, : P + t - 1], position_ids=positions,
+                         past_key_values=sub, use_cache=True).logits  # (n, t-1, V) predicts tokens 1..t-1
+            logits = torch.cat([logits, rest], dim=1)  # (n, t, V)
+        logits = logits / temperature
+        # Intuitor's self-certainty is read from the same temperature-scaled distribution the rollout was sampled from.
+        detached = logits.detach()
+        three = torch.stack([token_logprobs(logits, ids[r, P : P + t]), token_entropy(detached),
+                             self_certainty(detached)])  # (3, n, t)
+        parts.append(torch.nn.functional.pad(three, (0, T - t)))
+        rows_out += rows
+    inverse = torch.empty(len(rows_out), dtype=torch.long, device=ids.device)
+    inverse[torch.tensor(rows_out, device=ids.device)] = torch.arange(len(rows_out), device=ids.device)
+    logp, ent, cert = torch.cat(parts, dim=1)[:, inverse]  # (3, N, T) back in row order
+    return logp, ent, cert

@@ -355,26 +355,21 @@ def train(cfg: Config, resume: bool = False) -> Path:
         train_rows = rows[:, :M].reshape(-1)  # (b*M,) the policy rollouts that are trained
         trained = pol.take(train_rows)
         # 3. score the trained rollouts with grad: log-probs, entropies and self-certainties from one forward pass
+        #    (each prompt run once for its M samples, selfrl/rollout.py)
         with amp:
-            logp, ent, cert = score(model, trained, cfg.temperature)  # (b*M, T) each
+            logp, ent, cert = score(model, trained, cfg.temperature, group=M)  # (b*M, T) each
         resp_mask = trained.response_mask.float()  # (b*M, T)
-        H_train = core.masked_mean(ent, resp_mask, dim=1).view(b, M)
-        # Entropies of the extra voters (ttrl's untrained votes, mgrpo's momentum rollouts) for the filter, no grad
-        H_extra = torch.zeros(b, G - M, device=device)
+        # Entropy of every pooled voter for the IQR filter, as recorded while sampling it: no forward pass is spent
+        # on the untrained voters (ttrl's extra votes, mgrpo's momentum rollouts).
+        H = core.masked_mean(pol.entropy, pol.response_mask.float(), dim=1).view(b, V)  # (b, V)
+        if N:
+            H = torch.cat([H, core.masked_mean(mom.entropy, mom.response_mask.float(), dim=1).view(b, N)], dim=1)
         anchor_kl = float("nan")
-        with torch.no_grad(), amp:
-            if V > M and cfg.iqr_filter:
-                extra = pol.take(rows[:, M:].reshape(-1))
-                _, e, _ = score(model, extra, cfg.temperature)
-                H_extra[:, : V - M] = core.masked_mean(e, extra.response_mask.float(), dim=1).view(b, V - M)
-            if N:
-                both = cat_rollouts([trained, mom], tok.pad_token_id)
-                k_logp, k_ent, _ = score(s.momentum, both, cfg.temperature)
-                n_tr = b * M
-                anchor_kl = core.masked_mean(core.k3_kl(logp.detach(), k_logp[:n_tr, : logp.shape[1]]), resp_mask).item()
-                H_mom = core.masked_mean(k_ent[n_tr:], both.response_mask[n_tr:].float(), dim=1).view(b, N)
-                H_extra[:, V - M :] = H_mom
-        H = torch.cat([H_train, H_extra], dim=1)  # (b, G) pooled: [trained | untrained votes | momentum]
+        if N:  # how far the policy has moved from its anchor, on the trained rollouts (a logged, label-free signal)
+            with torch.no_grad(), amp:
+                k_logp, _, _ = score(s.momentum, trained, cfg.temperature, group=M)
+            anchor_kl = core.masked_mean(core.k3_kl(logp.detach(), k_logp), resp_mask).item()
+        # H: (b, G) pooled: [trained | untrained votes | momentum]
         # 4. entropy filter over the pooled group, then the vote among the survivors (every method votes: the share
         #    is a label-free signal the detector reads, even where the reward is not the vote)
         keep = core.iqr_keep_mask(H, cfg.iqr_k) if cfg.iqr_filter else torch.ones(b, G, dtype=torch.bool)
@@ -399,7 +394,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         ref_logp = None
         if s.ref is not None:
             with torch.no_grad(), amp:
-                ref_logp, _, _ = score(s.ref, trained, cfg.temperature)
+                ref_logp, _, _ = score(s.ref, trained, cfg.temperature, group=M)
         # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached)
         with amp:
             loss, lm = core.policy_loss(logp, logp.detach(), adv.reshape(-1), loss_mask, cfg.epsilon, cfg.beta, ref_logp)
