@@ -131,18 +131,22 @@ def policy_loss(
     epsilon: float = 0.2,
     beta: float = 0.0,
     ref_logp: torch.Tensor | None = None,
+    n_tokens: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-mean clipped surrogate (+ beta·k3 KL to the reference), as in GRPO / DAPO's token-level mean.
 
     logp, old_logp, mask: (N, T); advantages: (N,). Rows whose mask is all zero (filtered trajectories) add
     nothing. With one update per rollout batch old_logp == logp.detach(), the ratio is 1 and the clip is inert,
-    but it is kept so that several updates per batch stay correct.
+    but it is kept so that several updates per batch stay correct. `n_tokens` is the token-mean's denominator
+    (default: mask.sum()); pass the whole batch's count when these rows are only part of it (rows left out because
+    they carry no gradient, or another process's share of the batch).
     """
+    n = mask.sum().clamp(min=1) if n_tokens is None else n_tokens
     ratio = torch.exp(logp - old_logp)  # (N, T)
     adv = advantages.unsqueeze(1)  # (N, 1)
     surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv)
-    pg = -masked_mean(surrogate, mask)
-    kl = masked_mean(k3_kl(logp, ref_logp), mask) if ref_logp is not None else torch.zeros((), device=logp.device)
+    pg = -(surrogate * mask).sum() / n
+    kl = (k3_kl(logp, ref_logp) * mask).sum() / n if ref_logp is not None else torch.zeros((), device=logp.device)
     loss = pg + beta * kl
     clipped = ((ratio - 1).abs() > epsilon).to(logp.dtype)
-    return loss, {"loss/pg": pg.item(), "loss/kl": kl.item(), "loss/clip_frac": masked_mean(clipped, mask).item()}
+    return loss, {"loss/pg": pg.item(), "loss/kl": kl.item(), "loss/clip_frac": ((clipped * mask).sum() / n).item()}

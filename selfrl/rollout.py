@@ -24,6 +24,8 @@ class Rollouts:
     prompt_len: int  # P
     texts: list[str]  # N decoded responses (special tokens removed)
     entropy: torch.Tensor | None = None  # (N, T) entropy of each token's sampling distribution (0 on padding)
+    logp: torch.Tensor | None = None  # (N, T) log-prob of each sampled token under the sampling model (0 on padding)
+    certainty: torch.Tensor | None = None  # (N, T) self-certainty of each sampling distribution (0 on padding)
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -37,7 +39,8 @@ class Rollouts:
         """The rows with these indices, in this order."""
         return Rollouts(
             self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows], self.prompt_len,
-            [self.texts[i] for i in rows.tolist()], None if self.entropy is None else self.entropy[rows],
+            [self.texts[i] for i in rows.tolist()],
+            *(None if x is None else x[rows] for x in (self.entropy, self.logp, self.certainty)),
         )
 
 
@@ -56,8 +59,9 @@ def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
         torch.cat([torch.nn.functional.pad(p.response_mask, (0, T - p.response_mask.shape[1])) for p in parts]),
         P,
         [t for p in parts for t in p.texts],
-        None if any(p.entropy is None for p in parts) else
-        torch.cat([torch.nn.functional.pad(p.entropy, (0, T - p.entropy.shape[1])) for p in parts]),
+        *(None if any(getattr(p, f) is None for p in parts) else
+          torch.cat([torch.nn.functional.pad(getattr(p, f), (0, T - getattr(p, f).shape[1])) for p in parts])
+          for f in ("entropy", "logp", "certainty")),
     )
 
 
@@ -104,7 +108,8 @@ def generate(
     Hand-written rather than `model.generate` (docs/performance.md) because generate can do neither of the two things
     that matter here: (1) each prompt is run once and its KV cache shared by its samples, instead of once per sample;
     (2) rows that have ended are dropped from the batch, instead of being fed padding until the longest ends. It also
-    returns the entropy of each sampling distribution, which the IQR filter needs, so no forward pass is spent on it.
+    records what the loop reads from the sampling distributions (the entropy for the IQR filter, the log-prob of each
+    sampled token, Intuitor's self-certainty), so no forward pass is spent on them.
     The distribution is generate's: softmax(logits / temperature), sampled with torch.multinomial.
     """
     prompt_ids, prompt_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]  # (B, P)
@@ -112,7 +117,7 @@ def generate(
     n, device = B * k, prompt_ids.device
     stop = torch.tensor(eos_ids(model, tokenizer), device=device)
     tokens = torch.full((n, max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)  # (N, T)
-    entropy = torch.zeros(n, max_new_tokens, device=device)  # (N, T)
+    stats = torch.zeros(3, n, max_new_tokens, device=device)  # (3, N, T): entropy, log-prob, self-certainty
     logits, cache, pos = _prefill(model, prompt_ids, prompt_mask, k)
     mask = prompt_mask.repeat_interleave(k, dim=0)  # (A, P+t) A rows still generating
     active = torch.arange(n, device=device)  # (A,) their row numbers
@@ -121,8 +126,9 @@ def generate(
     for t in range(max_new_tokens):
         z = logits.float() / (1.0 if greedy else temperature)  # (A, V)
         logp = torch.log_softmax(z, dim=-1)
-        entropy[active, t] = -(logp.exp() * logp).sum(-1)
         nxt = z.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(1)  # (A,)
+        stats[:, active, t] = torch.stack([-(logp.exp() * logp).sum(-1), logp.gather(1, nxt[:, None]).squeeze(1),
+                                           -logp.mean(-1) - math.log(logp.shape[-1])])  # core.self_certainty
         tokens[active, t] = torch.where(ended, tokenizer.pad_token_id, nxt)
         ended |= torch.isin(nxt, stop)
         steps = t + 1
@@ -145,7 +151,8 @@ def generate(
     input_ids = torch.cat([prompt_ids.repeat_interleave(k, dim=0), resp], dim=1)  # (N, P+T)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(k, dim=0), response_mask], dim=1)
     texts = tokenizer.batch_decode(resp.masked_fill(is_eos, tokenizer.pad_token_id), skip_special_tokens=True)
-    return Rollouts(input_ids, attention_mask, response_mask, P, texts, entropy[:, :steps] * response_mask)
+    entropy, logp, certainty = stats[:, :, :steps] * response_mask
+    return Rollouts(input_ids, attention_mask, response_mask, P, texts, entropy, logp, certainty)
 
 
 def length_buckets(lengths: list[int], overhead: float = 0.05) -> list[list[int]]:
@@ -168,7 +175,8 @@ def length_buckets(lengths: list[int], overhead: float = 0.05) -> list[list[int]
     return [order[a:b] for a, b in zip(best, best[1:])]
 
 
-def score(model, rollouts: Rollouts, temperature: float = 1.0, group: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def score(model, rollouts: Rollouts, temperature: float = 1.0,
+          prompt_of: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs, entropies and self-certainties of the response tokens under `model` at `temperature`.
 
     Returns (logp, entropy, certainty), each (N, T); entropy and certainty are detached; values on padding are
@@ -176,8 +184,8 @@ def score(model, rollouts: Rollouts, temperature: float = 1.0, group: int = 1) -
     Positions come from the attention mask, as in generate, so left padding does not shift them.
 
     Two savings, neither of which changes the result (tests/test_rollout.py compares with one plain forward pass):
-      * `group` = k: rows are k samples of each prompt (prompt-major, as generate returns them). Each prompt is run
-        once and its KV cache shared by its k responses; with grad, the prompt's gradient is the sum over them.
+      * `prompt_of` (N,): rows with the same number are samples of the same prompt (identical prompt tokens). Each
+        prompt is run once and its KV cache shared by its responses; with grad, its gradient is the sum over them.
       * Responses are right-padded to the longest; rows are grouped by length (`length_buckets`) and each group runs
         only to its own longest response, so padding after EOS costs (almost) nothing.
     """
@@ -185,13 +193,20 @@ def score(model, rollouts: Rollouts, temperature: float = 1.0, group: int = 1) -
 
     P, T = rollouts.prompt_len, rollouts.response_ids.shape[1]
     ids, mask = rollouts.input_ids, rollouts.attention_mask
-    first, cache, pos = _prefill(model, ids[::group, :P], mask[::group, :P], 1)  # (N/k, V), N/k rows, (N/k,)
+    if prompt_of is None:
+        prompt_of = torch.arange(len(ids), device=ids.device)
+    _, prompt_of = torch.unique(prompt_of, return_inverse=True)  # numbered 0..U-1
+    first_row: dict[int, int] = {}
+    for row, q in enumerate(prompt_of.tolist()):
+        first_row.setdefault(q, row)
+    firsts = torch.tensor([first_row[q] for q in range(len(first_row))], device=ids.device)  # a row of each prompt
+    first, cache, pos = _prefill(model, ids[firsts, :P], mask[firsts, :P], 1)  # (U, V), U rows, (U,) U prompts
     lengths = rollouts.response_mask.sum(dim=1).clamp(min=1).tolist()
     rows_out, parts = [], []
     for rows in length_buckets(lengths):
         t = lengths[rows[0]]  # the bucket's longest response
         r = torch.tensor(rows, device=ids.device)
-        p = r // group  # each row's prompt
+        p = prompt_of[r]  # each row's prompt
         logits = first[p][:, None]  # (n, 1, V) predicts response token 0
         if t > 1:
             sub = DynamicCache(config=model.config)

@@ -354,26 +354,15 @@ def train(cfg: Config, resume: bool = False) -> Path:
         rows = torch.arange(b * V).view(b, V)
         train_rows = rows[:, :M].reshape(-1)  # (b*M,) the policy rollouts that are trained
         trained = pol.take(train_rows)
-        # 3. score the trained rollouts with grad: log-probs, entropies and self-certainties from one forward pass
-        #    (each prompt run once for its M samples, selfrl/rollout.py)
-        with amp:
-            logp, ent, cert = score(model, trained, cfg.temperature, group=M)  # (b*M, T) each
         resp_mask = trained.response_mask.float()  # (b*M, T)
-        # Entropy of every pooled voter for the IQR filter, as recorded while sampling it: no forward pass is spent
-        # on the untrained voters (ttrl's extra votes, mgrpo's momentum rollouts).
+        # 3. entropy filter over the pooled group [trained | untrained votes | momentum], on each voter's entropy as
+        #    recorded while sampling it: no forward pass is spent on it
         H = core.masked_mean(pol.entropy, pol.response_mask.float(), dim=1).view(b, V)  # (b, V)
         if N:
             H = torch.cat([H, core.masked_mean(mom.entropy, mom.response_mask.float(), dim=1).view(b, N)], dim=1)
-        anchor_kl = float("nan")
-        if N:  # how far the policy has moved from its anchor, on the trained rollouts (a logged, label-free signal)
-            with torch.no_grad(), amp:
-                k_logp, _, _ = score(s.momentum, trained, cfg.temperature, group=M)
-            anchor_kl = core.masked_mean(core.k3_kl(logp.detach(), k_logp), resp_mask).item()
-        # H: (b, G) pooled: [trained | untrained votes | momentum]
-        # 4. entropy filter over the pooled group, then the vote among the survivors (every method votes: the share
-        #    is a label-free signal the detector reads, even where the reward is not the vote)
-        keep = core.iqr_keep_mask(H, cfg.iqr_k) if cfg.iqr_filter else torch.ones(b, G, dtype=torch.bool)
-        keep = keep.cpu()
+        keep = core.iqr_keep_mask(H, cfg.iqr_k).cpu() if cfg.iqr_filter else torch.ones(b, G, dtype=torch.bool)
+        # 4. the vote among the survivors (every method votes: the share is a label-free signal the detector reads,
+        #    even where the reward is not the vote)
         texts = [[pol.texts[i * V + j] for j in range(V)] + ([mom.texts[i * N + j] for j in range(N)] if N else [])
                  for i in range(b)]
         answers = [[task.extract_answer(t) for t in row] for row in texts]  # b lists of G
@@ -385,19 +374,34 @@ def train(cfg: Config, resume: bool = False) -> Path:
             labels = [s.offline[i] for i in ids]  # SRT mitigation 2: the start model's frozen vote
         # 5. rewards for the trained policy rollouts only; advantages among the kept ones
         if cfg.method == "intuitor":  # methods.md §3: mean self-certainty over response tokens, current policy, detached
-            rewards = core.masked_mean(cert, resp_mask, dim=1).view(b, M).cpu()
+            rewards = core.masked_mean(trained.certainty, resp_mask, dim=1).view(b, M).cpu()
         else:
             rewards = torch.tensor([core.match_rewards(row[:M], lbl, eq) for row, lbl in zip(answers, labels)])  # (b, M)
         keep_train = keep[:, :M]
-        adv = core.group_advantages(rewards, keep_train).to(device)  # (b, M)
+        adv = core.group_advantages(rewards, keep_train).to(device).reshape(-1)  # (b*M,)
         loss_mask = resp_mask * keep_train.reshape(-1, 1).to(device).float()  # dropped rows leave the loss
+        prompt_of = torch.arange(b, device=device).repeat_interleave(M)  # (b*M,) each trained row's prompt
+        anchor_kl = float("nan")
+        if N:  # how far the policy has moved from its anchor, on the trained rollouts (a logged, label-free signal)
+            with torch.no_grad(), amp:
+                k_logp, _, _ = score(s.momentum, trained, cfg.temperature, prompt_of)
+            anchor_kl = core.masked_mean(core.k3_kl(trained.logp, k_logp), resp_mask).item()
+        # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached), with grad only through
+        #    the rows that carry gradient: a filtered row has no loss tokens, and with beta = 0 a row whose advantage
+        #    is 0 adds nothing either. Their tokens stay in the token-mean's denominator (n_tokens), so the loss and
+        #    its gradient are those of the whole batch. At least one row runs, so every step has the same autograd path.
+        live = (loss_mask.sum(1) > 0) & ((adv != 0) | (cfg.beta > 0))
+        live = live.nonzero().squeeze(1) if live.any() else torch.zeros(1, dtype=torch.long, device=device)
+        part = trained.take(live.cpu())
+        with amp:
+            logp, _, _ = score(model, part, cfg.temperature, prompt_of[live])  # (n, T) with grad
         ref_logp = None
         if s.ref is not None:
             with torch.no_grad(), amp:
-                ref_logp, _, _ = score(s.ref, trained, cfg.temperature, group=M)
-        # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached)
+                ref_logp, _, _ = score(s.ref, part, cfg.temperature, prompt_of[live])
         with amp:
-            loss, lm = core.policy_loss(logp, logp.detach(), adv.reshape(-1), loss_mask, cfg.epsilon, cfg.beta, ref_logp)
+            loss, lm = core.policy_loss(logp, logp.detach(), adv[live], loss_mask[live], cfg.epsilon, cfg.beta, ref_logp,
+                                        n_tokens=loss_mask.sum().clamp(min=1))
         s.optimizer.zero_grad(set_to_none=True)
         grad_norm = float("nan")
         if torch.isfinite(loss):  # a non-finite loss or gradient must not reach the weights: skip the step
@@ -424,8 +428,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
             "vote/majority_share": float(np.mean(shares)),
             "vote/unanimous_groups": float(np.mean(unanimous)),
             "vote/answer_diversity": len({lbl for lbl in (v[0] for v in votes) if lbl is not None}) / b,
-            "policy/entropy": core.masked_mean(ent, resp_mask).item(),
-            "policy/self_certainty": core.masked_mean(cert, resp_mask).item(),
+            "policy/entropy": core.masked_mean(trained.entropy, resp_mask).item(),
+            "policy/self_certainty": core.masked_mean(trained.certainty, resp_mask).item(),
             "policy/response_length": resp_mask.sum(1).mean().item(),
             "filter/dropped": int((~keep).sum()),
             "filter/dropped_frac": float((~keep).float().mean()),

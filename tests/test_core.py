@@ -371,3 +371,18 @@ def test_policy_loss_masked_out_rows_add_nothing():
     assert loss2.item() == pytest.approx(-1 / 3)
     assert_close(logp2.grad[:2], ref_grad)
     assert_close(logp2.grad[2], torch.zeros(2))
+
+
+def test_policy_loss_over_the_rows_that_carry_gradient_equals_the_whole_batch():
+    # Rows 1 (advantage 0) and 2 (filtered: empty mask) carry no gradient when beta = 0. Leaving them out and passing
+    # the whole batch's token count (row 0: 2, row 1: 3, row 2: 0 -> 5) as n_tokens gives the same loss and the same
+    # gradient. With logp = 0 the ratio is 1: loss = -(1 * 2 tokens) / 5 = -0.4.
+    logp = torch.zeros(3, 3, requires_grad=True)
+    adv = torch.tensor([1.0, 0.0, -2.0])
+    mask = torch.tensor([[1.0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    full, _ = core.policy_loss(logp, logp.detach(), adv, mask)
+    (g_full,) = torch.autograd.grad(full, logp)
+    part, _ = core.policy_loss(logp[:1], logp[:1].detach(), adv[:1], mask[:1], n_tokens=mask.sum())
+    (g_part,) = torch.autograd.grad(part, logp)
+    assert full.item() == pytest.approx(-0.4) and part.item() == pytest.approx(-0.4)
+    assert torch.equal(g_full, g_part)  # -1/5 on row 0's two tokens, 0 elsewhere

@@ -64,8 +64,8 @@ def test_score_equals_one_plain_forward_pass(tiny):
     mask = ro.response_mask.bool()
     assert len(set(ro.response_mask.sum(1).tolist())) > 1  # rows of different lengths: buckets and the early exit run
     ref_logp, ref_ent = _plain_forward(model, ro)
-    for group in (1, 6):
-        logp, ent, _ = score(model, ro, 1.0, group=group)
+    for prompt_of in (None, torch.arange(4).repeat_interleave(6)):
+        logp, ent, _ = score(model, ro, 1.0, prompt_of)
         assert torch.allclose(logp[mask], ref_logp[mask], atol=1e-4)
         assert torch.allclose(ent[mask], ref_ent[mask], atol=1e-4)
     # The entropy recorded while sampling is the same quantity, so the IQR filter needs no forward pass.
@@ -82,7 +82,7 @@ def test_shared_prompt_gradient_equals_plain_gradient(tiny):
     (_plain_forward(model, ro)[0] * mask).sum().backward()
     ref = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    (score(model, ro, 1.0, group=5)[0] * mask).sum().backward()
+    (score(model, ro, 1.0, torch.arange(4).repeat_interleave(5))[0] * mask).sum().backward()
     for a, b in zip(ref, (p.grad for p in model.parameters())):
         # float sums in another order: equal to 1e-4 of each tensor's largest entry
         assert (a - b).abs().max() <= 1e-4 * a.abs().max()
