@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch (already on disk on the project's machines); GPU users install their own torch first.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test study clean
+.PHONY: venv demo test study bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: venv
 # The stability study behind docs/results.md (about 1.5 h on 2 cores; resumable: run it again after an interruption).
 study: venv
 	$(VENV)/bin/selfrl study study
+
+# Speed against TRL's GRPOTrainer and the anchor's cost (docs/performance.md; about 15 min on 2 cores, --quick: 3).
+# TRL comes from the bench extra, installed here only: `make test` never installs it.
+bench: venv
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .cache
