@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from selfrl import lora
 from selfrl.errors import SelfRLError
 
 log = logging.getLogger("selfrl")
@@ -74,7 +75,9 @@ def save_checkpoint(
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp / "policy")
+        # With LoRA only the policy adapter goes here (the base is the run's `model`; the momentum adapter is saved
+        # below with the other momentum weights), so `policy/` stays one loadable adapter directory.
+        model.save_pretrained(tmp / "policy", **({"selected_adapters": [lora.POLICY]} if lora.is_peft(model) else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "policy")  # the policy directory loads on its own (eval, export)
         if momentum is not None:
@@ -187,7 +190,10 @@ def prune_checkpoints(run_dir: Path, keep_last: int | None) -> list[Path]:
 
 
 def _load_policy_state(policy_dir: Path) -> dict:
-    """The policy's tensors from model.safetensors or from the shards named in model.safetensors.index.json."""
+    """The policy's tensors from model.safetensors, the shards named in model.safetensors.index.json, or (LoRA)
+    adapter_model.safetensors."""
+    if lora.is_adapter_dir(policy_dir):
+        return load_file(policy_dir / "adapter_model.safetensors")
     index = policy_dir / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -205,8 +211,14 @@ def load_checkpoint(ckpt: Path, model, momentum: dict | None, optimizer, schedul
         rng_state = torch.load(ckpt / "rng.pt", weights_only=False)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise SelfRLError(f"checkpoint {ckpt} is unreadable: {e}") from None
-    # Tied embeddings are stored once; strict=False lets the tied lm_head be absent.
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if lora.is_peft(model):  # the adapter alone; the frozen base was loaded from the run's `model`
+        from peft import set_peft_model_state_dict
+
+        missing, unexpected = [], set_peft_model_state_dict(model, state, adapter_name=lora.POLICY).unexpected_keys
+        if not state:
+            missing = ["(no adapter weights)"]
+    else:  # tied embeddings are stored once; strict=False lets the tied lm_head be absent
+        missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
         raise SelfRLError(f"checkpoint {ckpt} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if momentum is not None:

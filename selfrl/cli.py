@@ -83,21 +83,50 @@ def cmd_probe(args) -> None:
 
 
 def cmd_export(args) -> None:
+    """Write a checkpoint's policy as a plain HF model directory (LoRA merged into its base): what
+    AutoModelForCausalLM.from_pretrained and vLLM load."""
     import shutil
 
-    from selfrl.checkpoint import read_pointers, step_dir, verify_checkpoint
+    from selfrl import lora
+    from selfrl.checkpoint import latest_checkpoint, read_pointers, step_dir, verify_checkpoint
+    from selfrl.models import load_model
 
-    pointers = read_pointers(Path(args.run))
-    if args.pointer not in pointers:
-        raise SelfRLError(f"{args.run}: no {args.pointer!r} checkpoint (pointers: {', '.join(pointers) or 'none'})")
-    ckpt = step_dir(Path(args.run), pointers[args.pointer])
+    out = args.out_dir or args.out
+    if not out:
+        raise SelfRLError("export: no output directory; selfrl export CHECKPOINT --out DIR")
+    src = Path(args.checkpoint)
+    if (src / "meta.json").is_file():  # a step_* checkpoint
+        ckpt, which = src, "checkpoint"
+    elif (src / "metrics.jsonl").is_file():  # a run: its promoted checkpoint when it ran the gate, else the latest
+        pointers = read_pointers(src)
+        which = args.pointer or ("promoted" if "promoted" in pointers else "latest")
+        if which == "latest":
+            ckpt = latest_checkpoint(src)
+            if ckpt is None:
+                raise SelfRLError(f"{src} holds no intact checkpoint")
+        elif which not in pointers:
+            raise SelfRLError(f"{src}: no {which!r} checkpoint (pointers: {', '.join(pointers) or 'none'})")
+        else:
+            ckpt = step_dir(src, pointers[which])
+    else:
+        raise SelfRLError(f"{src} is neither a run directory (metrics.jsonl) nor a step_* checkpoint (meta.json)")
     problem = verify_checkpoint(ckpt)
     if problem is not None:
         raise SelfRLError(f"{ckpt} is corrupt ({problem}); nothing exported")
-    if Path(args.out).exists():
-        raise SelfRLError(f"{args.out} already exists; choose another directory")
-    shutil.copytree(ckpt / "policy", args.out)
-    print(f"exported {ckpt.name} ({args.pointer}) to {args.out}")
+    if Path(out).exists():
+        raise SelfRLError(f"{out} already exists; choose another directory")
+    if lora.is_adapter_dir(ckpt / "policy"):
+        import torch
+
+        model, tok = load_model(str(ckpt / "policy"), torch.device("cpu"))  # the base with the adapter merged in
+        tmp = Path(f"{out}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(out)  # a half-written export never sits under the requested name
+    else:
+        shutil.copytree(ckpt / "policy", out)
+    print(f"exported {ckpt.name} ({which}) to {out}")
 
 
 def cmd_safety_demo(args) -> None:
@@ -175,10 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_args(pr, task_help="task whose extract_answer / is_equivalent score the probes")
     pr.set_defaults(func=cmd_probe)
 
-    x = sub.add_parser("export", help="copy a run's promoted checkpoint's model (loadable with from_pretrained)")
-    x.add_argument("run", help="run directory")
-    x.add_argument("out", help="new directory for the model")
-    x.add_argument("--pointer", default="promoted", help="which named checkpoint (promoted, best, healthy)")
+    x = sub.add_parser("export", help="write a checkpoint's model as a plain HF directory (LoRA merged)")
+    x.add_argument("checkpoint", help="step_* checkpoint, or a run directory (its promoted checkpoint, else its latest)")
+    x.add_argument("out", nargs="?", help="new directory for the model (or --out)")
+    x.add_argument("--out", dest="out_dir", help="new directory for the model")
+    x.add_argument("--pointer", help="in a run directory, which named checkpoint (promoted, best, healthy, early_stop)")
     x.set_defaults(func=cmd_export)
 
     sd = sub.add_parser("safety-demo", help="does self-training erode a trained-in refusal? the probe gate at work")

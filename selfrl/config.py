@@ -135,6 +135,18 @@ class Config:
     progress: bool = True
     """Show progress bars."""
 
+    # --- LoRA through peft (issue 5) ------------------------------------------------------------------------
+    use_peft: bool = False
+    """Train LoRA adapters on a frozen base (TRL's name); mgrpo's momentum model is then an EMA of the adapters alone."""
+    lora_r: int = 16
+    """LoRA rank (TRL's ModelConfig default)."""
+    lora_alpha: int = 32
+    """LoRA alpha (TRL's ModelConfig default)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout. 0, not TRL's 0.05: rollouts are sampled in train mode, and dropout would make each sample's network differ."""
+    lora_target_modules: str | None = None
+    """Comma-separated module names, or all-linear (None: peft's default for the architecture, q_proj,v_proj for Qwen2)."""
+
     # --- hardware ------------------------------------------------------------------------------------------
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
@@ -205,6 +217,9 @@ class Config:
             ("rollback_lr_factor", 0 < self.rollback_lr_factor <= 1, "in (0, 1]"),
             ("rollback_ema_decay", self.rollback_ema_decay is None or 0 <= self.rollback_ema_decay <= 1, "in [0, 1] or null"),
             ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),
+            ("lora_r", self.lora_r >= 1, ">= 1"),
+            ("lora_alpha", self.lora_alpha >= 1, ">= 1"),
+            ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "in [0, 1)"),
         ]
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

@@ -34,9 +34,18 @@ def load_model(path: str, device: torch.device, dtype: str = "float32"):
     """(model, tokenizer) from a local directory or hub id; a missing path or a tokenizer without EOS is a ModelError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from selfrl import lora
+
     looks_local = os.path.sep in path or path.startswith(".") or Path(path).exists()
     if looks_local and not Path(path).is_dir():
         raise ModelError(f"model path not found: {path}")
+    if looks_local and lora.is_adapter_dir(path):  # a LoRA checkpoint: its base with the adapter merged in
+        base_path = lora.base_of(path)
+        base, tokenizer = load_model(base_path, device, dtype)  # an adapter is trained with its base's tokenizer
+        try:
+            return lora.merge(base, path).to(device), tokenizer
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelError(f"cannot apply LoRA adapter {path} to {base_path}: {str(e).splitlines()[0]}") from None
     if looks_local and not (Path(path) / "config.json").is_file():
         raise ModelError(f"model directory {path} has no config.json: not a Hugging Face model (save_pretrained) directory")
     try:

@@ -35,6 +35,7 @@ Launching
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from selfrl import core
+from selfrl import core, lora
 from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, meta_value, prune_checkpoints,
                                read_pointers, save_checkpoint, set_pointer, step_dir, verify_checkpoint)
 from selfrl.config import Config
@@ -106,8 +107,10 @@ class Setup:
     task: object
     model: torch.nn.Module
     tokenizer: object
-    momentum: torch.nn.Module | None
-    ref: torch.nn.Module | None
+    momentum: torch.nn.Module | None  # mgrpo's own fp32 copy; None with LoRA, where it is the `momentum` adapter
+    ref: torch.nn.Module | None  # frozen start model for the KL; None with LoRA, where it is the base, adapters off
+    momentum_state: dict[str, torch.Tensor] | None  # the momentum weights checkpointed (live tensors), mgrpo only
+    ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None  # (momentum, policy) tensors the EMA pairs up
     optimizer: torch.optim.Optimizer
     scheduler: object
     stream: PromptStream  # positions into `pool`
@@ -158,6 +161,8 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
                            cfg.eval_batch_size, resume)
     model_path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
     model, tokenizer = load_model(model_path, device)
+    if cfg.use_peft:
+        model = lora.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     model.train()
     prompts = task.train_prompts()
     if not prompts:
@@ -172,9 +177,17 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
         offline = labels if cfg.offline_labels else None
         if cfg.curriculum_fraction is not None:
             pool = easiest(shares, cfg.curriculum_fraction)
-    momentum = _frozen_copy(model) if cfg.method == "mgrpo" else None
-    ref = _frozen_copy(model) if cfg.beta > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    momentum = ref = momentum_state = ema_pairs = None
+    if cfg.method == "mgrpo" and cfg.use_peft:  # the EMA runs over the adapters alone; the frozen base is shared
+        lora.add_momentum_adapter(model)
+        momentum_state, ema_pairs = lora.adapter_state(model, lora.MOMENTUM), lora.adapter_pairs(model)
+    elif cfg.method == "mgrpo":
+        momentum = _frozen_copy(model)
+        momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
+    if cfg.beta > 0 and not cfg.use_peft:
+        ref = _frozen_copy(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the policy adapter only
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
     if cfg.lr_scheduler_type == "cosine":
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, cfg.max_steps)
@@ -182,13 +195,13 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
     stream, start_step = PromptStream(len(pool), cfg.seed), 0
     detector = CollapseDetector(cfg.detector_window, cfg.detector_min_signals) if cfg.collapse_detector != "off" else None
-    s = Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, optimizer, scheduler, stream, prompts, pool, offline,
-              start_step, probes, detector, cfg.ema_decay, 0, (-math.inf, 0), 0)
+    s = Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, momentum_state, ema_pairs, optimizer, scheduler, stream,
+              prompts, pool, offline, start_step, probes, detector, cfg.ema_decay, 0, (-math.inf, 0), 0)
     if resume:
         ckpt = latest_checkpoint(run_dir)  # verifies checksums, falling back past corrupt ones with a warning
         if ckpt is None:
             raise SelfRLError(f"--resume {run_dir}: no intact checkpoint found (step_*/meta.json)")
-        meta = load_checkpoint(ckpt, model, dict(momentum.named_parameters()) if momentum else None, optimizer, scheduler)
+        meta = load_checkpoint(ckpt, model, momentum_state, optimizer, scheduler)
         s.start_step, stream.cursor = meta["step"], meta["cursor"]
         prune_checkpoints(run_dir, None)  # clear a half-written step_*.tmp or half-deleted *.trash from the crash
         for name, step in read_pointers(run_dir).items():  # pins into the abandoned future are void
@@ -210,6 +223,26 @@ def _replay_loop_state(s: Setup, rows: list[dict]) -> None:
         acc = r.get("stop/accuracy")
         if acc is not None:
             s.stop_best, s.stop_waited = ((acc, r["step"]), 0) if acc > s.stop_best[0] else (s.stop_best, s.stop_waited + 1)
+
+
+@contextlib.contextmanager
+def as_momentum(s: Setup):
+    """The module that computes the momentum model: its own copy, or (LoRA) the shared base under its adapter."""
+    if s.cfg.use_peft:
+        with lora.active_adapter(s.model, lora.MOMENTUM) as m:
+            yield m
+    else:
+        yield s.momentum
+
+
+@contextlib.contextmanager
+def as_reference(s: Setup):
+    """The module that computes the KL reference (the start model): its frozen copy, or (LoRA) the base itself."""
+    if s.cfg.use_peft:
+        with s.model.disable_adapter():
+            yield s.model
+    else:
+        yield s.ref
 
 
 def evaluate(s: Setup) -> dict:
@@ -239,7 +272,10 @@ def sample_batch(s: Setup, step: int, V: int, N: int, amp) -> tuple[list[int], R
         batch = encode_prompts(tok, [s.task.format_prompt(s.prompts[i]) for i in draw], device)
         with amp:
             pol = generate(s.model, tok, batch, V, cfg.max_completion_length, cfg.temperature)
-            mom = generate(s.momentum, tok, batch, N, cfg.max_completion_length, cfg.temperature) if N else None
+            mom = None
+            if N:
+                with as_momentum(s) as momentum:
+                    mom = generate(momentum, tok, batch, N, cfg.max_completion_length, cfg.temperature)
         keep = list(range(B))
         if cfg.online_filter is not None:  # judged on the whole unfiltered pool, before the IQR filter
             texts = [pol.texts[i * V : (i + 1) * V] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(B)]
@@ -257,8 +293,7 @@ def sample_batch(s: Setup, step: int, V: int, N: int, amp) -> tuple[list[int], R
 
 
 def save(s: Setup, step: int, extra: dict) -> None:
-    momentum_state = dict(s.momentum.named_parameters()) if s.momentum is not None else None
-    save_checkpoint(s.run_dir, step, s.model, s.tokenizer, momentum_state, s.optimizer, s.scheduler, s.stream.cursor,
+    save_checkpoint(s.run_dir, step, s.model, s.tokenizer, s.momentum_state, s.optimizer, s.scheduler, s.stream.cursor,
                     extra=extra)
 
 
@@ -273,8 +308,7 @@ def rollback(s: Setup, step: int | None) -> None:
     if problem is not None:
         raise SelfRLError(f"rollback to {ckpt.name} impossible: {problem}")
     schedule = s.scheduler.state_dict()
-    load_checkpoint(ckpt, s.model, dict(s.momentum.named_parameters()) if s.momentum else None, s.optimizer,
-                    s.scheduler, rng=False)
+    load_checkpoint(ckpt, s.model, s.momentum_state, s.optimizer, s.scheduler, rng=False)
     s.scheduler.load_state_dict(schedule)
     for group, lr in zip(s.optimizer.param_groups, s.scheduler.get_last_lr()):
         group["lr"] = lr  # the restored optimizer state carries the promoted step's rate
@@ -383,8 +417,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
         prompt_of = torch.arange(b, device=device).repeat_interleave(M)  # (b*M,) each trained row's prompt
         anchor_kl = float("nan")
         if N:  # how far the policy has moved from its anchor, on the trained rollouts (a logged, label-free signal)
-            with torch.no_grad(), amp:
-                k_logp, _, _ = score(s.momentum, trained, cfg.temperature, prompt_of)
+            with torch.no_grad(), amp, as_momentum(s) as momentum:
+                k_logp, _, _ = score(momentum, trained, cfg.temperature, prompt_of)
             anchor_kl = core.masked_mean(core.k3_kl(trained.logp, k_logp), resp_mask).item()
         # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached), with grad only through
         #    the rows that carry gradient: a filtered row has no loss tokens, and with beta = 0 a row whose advantage
@@ -396,9 +430,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
         with amp:
             logp, _, _ = score(model, part, cfg.temperature, prompt_of[live])  # (n, T) with grad
         ref_logp = None
-        if s.ref is not None:
-            with torch.no_grad(), amp:
-                ref_logp, _, _ = score(s.ref, part, cfg.temperature, prompt_of[live])
+        if cfg.beta > 0:
+            with torch.no_grad(), amp, as_reference(s) as ref:
+                ref_logp, _, _ = score(ref, part, cfg.temperature, prompt_of[live])
         with amp:
             loss, lm = core.policy_loss(logp, logp.detach(), adv[live], loss_mask[live], cfg.epsilon, cfg.beta, ref_logp,
                                         n_tokens=loss_mask.sum().clamp(min=1))
@@ -418,8 +452,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
             s.optimizer.step()
             s.scheduler.step()
         # 7. momentum update after the optimizer step, every step that updated the policy
-        if s.momentum is not None and not skipped:
-            core.ema_update_(list(s.momentum.parameters()), [p.detach().float() for p in model.parameters()], s.ema_decay)
+        if s.ema_pairs is not None and not skipped:
+            ema, src = s.ema_pairs
+            core.ema_update_(ema, [p.detach().float() for p in src], s.ema_decay)
         # 8. log
         kept_r = rewards[keep_train]
         unanimous = [bool((r[k] == r[k][0]).all()) if k.any() else True for r, k in zip(rewards, keep_train)]
