@@ -147,6 +147,14 @@ class Config:
     lora_target_modules: str | None = None
     """Comma-separated module names, or all-linear (None: peft's default for the architecture, q_proj,v_proj for Qwen2)."""
 
+    # --- vLLM rollouts (issue 5; GPU only, the `vllm` extra) -----------------------------------------------------
+    use_vllm: bool = False
+    """Sample rollouts with a vLLM engine in this process, re-synced with the policy and the momentum weights every step."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of GPU memory the vLLM engine may take (TRL's colocate default: 0.3); the rest is the trainer's."""
+    vllm_max_model_length: int | None = None
+    """Longest prompt + response the engine is built for (None: the model's own limit)."""
+
     # --- hardware ------------------------------------------------------------------------------------------
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
@@ -218,6 +226,8 @@ class Config:
             ("rollback_ema_decay", self.rollback_ema_decay is None or 0 <= self.rollback_ema_decay <= 1, "in [0, 1] or null"),
             ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),
             ("lora_r", self.lora_r >= 1, ">= 1"),
+            ("vllm_gpu_memory_utilization", 0 < self.vllm_gpu_memory_utilization < 1, "in (0, 1)"),
+            ("vllm_max_model_length", self.vllm_max_model_length is None or self.vllm_max_model_length >= 2, ">= 2 or null"),
             ("lora_alpha", self.lora_alpha >= 1, ">= 1"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "in [0, 1)"),
         ]

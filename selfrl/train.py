@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from selfrl import core, lora
+from selfrl import core, lora, vllm_backend
 from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, meta_value, prune_checkpoints,
                                read_pointers, save_checkpoint, set_pointer, step_dir, verify_checkpoint)
 from selfrl.config import Config
@@ -111,6 +111,7 @@ class Setup:
     ref: torch.nn.Module | None  # frozen start model for the KL; None with LoRA, where it is the base, adapters off
     momentum_state: dict[str, torch.Tensor] | None  # the momentum weights checkpointed (live tensors), mgrpo only
     ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None  # (momentum, policy) tensors the EMA pairs up
+    sampler: vllm_backend.VLLMSampler | None  # the vLLM engine that samples rollouts (use_vllm), else None: HF sampler
     optimizer: torch.optim.Optimizer
     scheduler: object
     stream: PromptStream  # positions into `pool`
@@ -186,6 +187,10 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
         momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
     if cfg.beta > 0 and not cfg.use_peft:
         ref = _frozen_copy(model)
+    sampler = None
+    if cfg.use_vllm:
+        engine = vllm_backend.make_engine(model_path, cfg.vllm_gpu_memory_utilization, cfg.vllm_max_model_length, cfg.seed)
+        sampler = vllm_backend.VLLMSampler(engine)
     trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the policy adapter only
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
@@ -195,8 +200,8 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
     stream, start_step = PromptStream(len(pool), cfg.seed), 0
     detector = CollapseDetector(cfg.detector_window, cfg.detector_min_signals) if cfg.collapse_detector != "off" else None
-    s = Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, momentum_state, ema_pairs, optimizer, scheduler, stream,
-              prompts, pool, offline, start_step, probes, detector, cfg.ema_decay, 0, (-math.inf, 0), 0)
+    s = Setup(cfg, run_dir, task, model, tokenizer, momentum, ref, momentum_state, ema_pairs, sampler, optimizer, scheduler,
+              stream, prompts, pool, offline, start_step, probes, detector, cfg.ema_decay, 0, (-math.inf, 0), 0)
     if resume:
         ckpt = latest_checkpoint(run_dir)  # verifies checksums, falling back past corrupt ones with a warning
         if ckpt is None:
@@ -245,6 +250,19 @@ def as_reference(s: Setup):
         yield s.ref
 
 
+def rollouts(s: Setup, which: str, batch: dict, k: int) -> Rollouts:
+    """k samples per prompt from the policy or ("momentum") the momentum model's current weights, by the HF sampler
+    or, with use_vllm, by the engine after loading it with exactly those weights (selfrl/vllm_backend.py)."""
+    cfg = s.cfg
+    view = as_momentum(s) if which == "momentum" else contextlib.nullcontext(s.model)
+    with view as model:
+        if s.sampler is None:
+            return generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature)
+        adapter = lora.MOMENTUM if which == "momentum" else lora.POLICY  # read only with LoRA
+        s.sampler.load(which, vllm_backend.engine_weights(model, adapter))
+        return s.sampler.generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature)
+
+
 def evaluate(s: Setup) -> dict:
     examples = s.task.eval_examples("val")[: s.cfg.eval_limit]
     acc, _ = greedy_accuracy(s.model, s.tokenizer, s.task, examples, s.cfg.max_completion_length, s.cfg.eval_batch_size)
@@ -271,11 +289,8 @@ def sample_batch(s: Setup, step: int, V: int, N: int, amp) -> tuple[list[int], R
         drawn += B
         batch = encode_prompts(tok, [s.task.format_prompt(s.prompts[i]) for i in draw], device)
         with amp:
-            pol = generate(s.model, tok, batch, V, cfg.max_completion_length, cfg.temperature)
-            mom = None
-            if N:
-                with as_momentum(s) as momentum:
-                    mom = generate(momentum, tok, batch, N, cfg.max_completion_length, cfg.temperature)
+            pol = rollouts(s, "policy", batch, V)
+            mom = rollouts(s, "momentum", batch, N) if N else None
         keep = list(range(B))
         if cfg.online_filter is not None:  # judged on the whole unfiltered pool, before the IQR filter
             texts = [pol.texts[i * V : (i + 1) * V] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(B)]
