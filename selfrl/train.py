@@ -20,6 +20,10 @@ What we change, and why
     recompute them. No reference model is built when beta == 0.
   * A step whose loss or gradient is NaN/inf is skipped (no optimizer, scheduler or EMA update) and logged as
     `train/skipped`; `max_skipped_steps` in a row stop the run (issue 6, docs/reliability.md).
+  * LoRA (`use_peft`, selfrl/lora.py): the momentum model is an EMA of the adapters alone, a second adapter on
+    the shared frozen base that generates by switching adapters; the KL reference is the base with adapters off.
+  * vLLM rollouts (`use_vllm`, selfrl/vllm_backend.py): one engine, loaded with the policy's and then the momentum
+    model's current weights before each one's rollouts, every step (a stale momentum engine would be SRT).
   * Misevolution gate (issue 7, methods.md §8; selfrl/safety.py, docs/safety.md): with `probes` set, a frozen,
     hashed probe file is scored at every evaluation and checkpoint, and a checkpoint is promoted only when no
     probe category fell more than `probe_tolerance` below the start model's score; `gate_action` says what a
