@@ -122,6 +122,14 @@ CASES = [
     ("eval-unknown-split", lambda ws, m, mp: ["eval", str(ws / "prev"), "--split", "train"],
      r"task 'arith' has labelled splits 'val' and 'test', not 'train'"),
     ("no-cuda", lambda ws, m, mp: train_args(ws, m, "device=cuda"), r"device: cuda requested but torch sees no CUDA device"),
+    ("vllm-no-gpu", lambda ws, m, mp: train_args(ws, m, "use_vllm=true"),
+     r"use_vllm: vLLM rollouts need a CUDA GPU; torch sees none \(set use_vllm: false on CPU\)"),
+    ("lora-bad-target", lambda ws, m, mp: train_args(ws, m, "use_peft=true", "lora_target_modules=no_such_proj"),
+     r"lora_target_modules: Target modules \{'no_such_proj'\} not found in the base model"),
+    ("export-not-a-checkpoint", lambda ws, m, mp: ["export", str(ws), "--out", str(ws / "model")],
+     r"is neither a run directory \(metrics.jsonl\) nor a step_\* checkpoint \(meta.json\)"),
+    ("export-exists", lambda ws, m, mp: ["export", str(ws / "prev"), "--out", str(ws / "prev")],
+     r"WS/prev already exists; choose another directory".replace("WS", ".*")),
 ]
 
 
@@ -139,7 +147,7 @@ def snapshot(run: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("case,argv,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_nonzero_and_loses_nothing(case, argv, pattern, tiny_model_dir, finished_run, tmp_path,
                                                          capsys, monkeypatch):
-    if case == "no-cuda":
+    if case in ("no-cuda", "vllm-no-gpu"):
         import torch
 
         if torch.cuda.is_available():

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from selfrl import lora, vllm_backend
 from selfrl.config import load_config
-from selfrl.errors import ModelError
 from selfrl.logger import read_metrics
 from selfrl.models import load_model
 from selfrl.rollout import encode_prompts, generate
@@ -142,13 +141,6 @@ def test_rollouts_from_token_lists_match_the_hf_layout(tiny_model_dir):
     assert ro.response_ids[2].tolist() == [7, eos, tok.pad_token_id, tok.pad_token_id]
     assert ro.texts == [tok.decode([4, 5]), tok.decode([6]), tok.decode([7]), tok.decode([4] * 4)]
     assert torch.equal(ro.input_ids[:2, : ro.prompt_len], batch["input_ids"][[0, 0]])
-
-
-def test_without_a_gpu_use_vllm_is_a_one_line_error(tiny_model_dir, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(ModelError, match="use_vllm: vLLM rollouts need a CUDA GPU"):
-        train(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "run", use_vllm="true")))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
