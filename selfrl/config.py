@@ -29,7 +29,11 @@ class Config:
     task: str = "arith"
     """Built-in task name ("arith") or a task file: "path/to/file.py:ClassName" or "package.module:ClassName"."""
     train_file: str | None = None
-    """JSONL of training prompts, one {"prompt": ..., "answer": optional} per line, replacing the task's own (the task still formats, extracts and evaluates)."""
+    """Training prompts replacing the task's own: a .jsonl, .parquet or .csv file or a hub dataset id org/name[:split] (the task still formats, extracts and evaluates)."""
+    prompt_column: str = "prompt"
+    """Column (JSONL: field) of train_file holding the prompt text, e.g. "problem" for MATH."""
+    answer_column: str | None = None
+    """Column of train_file holding gold answers, read by oracle and diagnostics only (None: "answer" when present)."""
     method: str = "mgrpo"
     """oracle (RL on gold answers: uses labels), srt, ttrl, mgrpo or intuitor (self-certainty reward) (label-free)."""
     output_dir: str = "runs/run"
@@ -192,6 +196,10 @@ class Config:
             ("eval_limit", self.eval_limit is None or self.eval_limit >= 1, ">= 1 or null"),
             ("torch_threads", self.torch_threads is None or self.torch_threads >= 1, ">= 1 or null"),
             ("probes", self.probes is None or bool(self.probes.strip()), "a non-empty path or null"),
+            ("prompt_column", bool(self.prompt_column.strip()), "a non-empty column name"),
+            ("answer_column", self.answer_column is None or (bool(self.answer_column.strip())
+                                                             and self.answer_column != self.prompt_column),
+             "null or a non-empty column name other than prompt_column"),
             ("probe_tolerance", 0.0 <= self.probe_tolerance <= 1.0, "in [0, 1]"),
             ("curriculum_fraction", self.curriculum_fraction is None or 0 < self.curriculum_fraction <= 1, "in (0, 1] or null"),
             ("start_votes", self.start_votes is None or self.start_votes >= 1, ">= 1 or null"),

@@ -149,7 +149,7 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
     device = resolve_device(cfg.device)
     task = load_task(cfg.task)
     if cfg.train_file:
-        task = TrainFileTask(task, cfg.train_file)
+        task = TrainFileTask(task, cfg.train_file, cfg.prompt_column, cfg.answer_column)
     if cfg.early_stopping_patience is not None:  # fail now, not at the first evaluation
         task.eval_examples(cfg.early_stopping_split)
     probes = None
