@@ -34,6 +34,8 @@ class Config:
     """Column (JSONL: field) of train_file holding the prompt text, e.g. "problem" for MATH."""
     answer_column: str | None = None
     """Column of train_file holding gold answers, read by oracle and diagnostics only (None: "answer" when present)."""
+    apply_chat_template: bool | None = None
+    """Render each formatted prompt as a user turn of the tokenizer's chat template (None: when it has one; true: required)."""
     method: str = "mgrpo"
     """oracle (RL on gold answers: uses labels), srt, ttrl, mgrpo or intuitor (self-certainty reward) (label-free)."""
     output_dir: str = "runs/run"

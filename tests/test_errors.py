@@ -130,6 +130,8 @@ CASES = [
      r"task '.*t\.py:T' lacks method\(s\): format_prompt, extract_answer, is_equivalent, eval_examples"),
     ("oracle-without-answers", lambda ws, m, mp: train_args(ws, m, "method=oracle", f"task={TASKS}:NoGold"),
      r"task 'arith' has no gold training answers \(method 'oracle' needs them\)"),
+    ("chat-template-missing", lambda ws, m, mp: train_args(ws, m, "apply_chat_template=true"),
+     r"apply_chat_template: true, but the tokenizer of '.*' has no chat template"),
     ("group-too-small", lambda ws, m, mp: train_args(ws, m, "num_generations=1"),
      r"num_generations: must be at least 2 for group advantages, got 1"),
     ("momentum-takes-all", lambda ws, m, mp: train_args(ws, m, "method=mgrpo", "num_momentum_generations=4"),
