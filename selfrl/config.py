@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from selfrl.errors import ConfigError
+from selfrl.logger import parse_report_to
 
 METHODS = ("oracle", "srt", "ttrl", "mgrpo", "intuitor")
 DETECTOR_ACTIONS = ("off", "alarm", "rollback", "stop")
@@ -137,7 +138,7 @@ class Config:
     gate_action: str = "continue"
     """On a probe regression at a checkpoint: continue (no promotion), rollback (to the promoted checkpoint) or stop."""
     report_to: str = "tensorboard"
-    """tensorboard or none. metrics.jsonl is always written."""
+    """tensorboard, wandb, mlflow, a comma list of them, or none; a missing package only warns. metrics.jsonl is always written."""
     progress: bool = True
     """Show progress bars."""
 
@@ -225,12 +226,15 @@ class Config:
                 raise ConfigError(f"{name}: must be {must}, got {getattr(self, name)!r}")
         choices = {
             "lr_scheduler_type": ("cosine", "constant"),
-            "report_to": ("tensorboard", "none"),
             "device": ("auto", "cpu", "cuda"),
             "dtype": ("float32", "bfloat16"),
             "gate_action": ("continue", "rollback", "stop"),
             "collapse_detector": DETECTOR_ACTIONS,
         }
+        try:
+            parse_report_to(self.report_to)
+        except ValueError as e:
+            raise ConfigError(f"report_to: {e}") from None
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")

@@ -94,6 +94,8 @@ CASES = [
      r"unknown config key 'num_generation' in --set \(did you mean 'num_generations'\?\)"),
     ("wrong-type", lambda ws, m, mp: ["train", *sets("learning_rate=fast")],
      r"learning_rate: expected a number, got 'fast'"),
+    ("report-to-unknown", lambda ws, m, mp: ["train", *sets("report_to=tensorboard,comet")],
+     r"report_to: 'comet' is not one of tensorboard, wandb, mlflow \(or 'none' alone\)"),
     ("missing-config", lambda ws, m, mp: ["train", str(ws / "nope.yaml")], r"config file not found: .*nope\.yaml"),
     ("bad-yaml", lambda ws, m, mp: ["train", str(write(ws / "c.yaml", "method: [srt\n"))],
      r"c\.yaml: line 2 is not valid YAML"),
