@@ -9,9 +9,9 @@ Each is a callable `(prompts, completions, **kwargs) -> list[float]`, one reward
 
 Completions are plain strings or, for a conversational dataset, lists of {"role", "content"} messages; prompts
 likewise. TRL repeats each prompt `num_generations` times in a batch: a prompt's group is every completion whose
-prompt is identical, in whatever order the rows come. The vote covers the completions of one call, so under
-multi-process TRL each process must see whole groups (TRL's sampler keeps a group together when the per-process
-batch is a multiple of `num_generations`).
+prompt is identical, in whatever order the rows come. The vote covers the completions of one call: with several
+processes TRL calls each process's reward functions on that process's completions only, so a group split across
+processes would be voted in parts (single-process runs, as in examples/trl_reward.py, always see whole groups).
 
 No gold answer reaches these rewards. TRL passes every other dataset column as a keyword argument (a `solution` or
 `answer` column included); the callables never read them (tests/test_rewards.py poisons them and checks the rewards
