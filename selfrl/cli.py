@@ -56,11 +56,12 @@ def resolve_model_dir(path: str) -> str:
 def cmd_eval(args) -> None:
     from selfrl.evaluate import greedy_accuracy
     from selfrl.models import load_model, resolve_device
-    from selfrl.tasks import load_task
+    from selfrl.tasks import load_task, with_chat_template
 
     task = load_task(args.task)
     path = resolve_model_dir(args.model)
     model, tok = load_model(path, resolve_device(args.device))
+    task = with_chat_template(task, tok, _chat_setting(args), path)
     examples = task.eval_examples(args.split)[: args.limit]
     acc, _ = greedy_accuracy(model, tok, task, examples, args.max_completion_length, args.batch_size)
     print(f"{args.split} accuracy (greedy, n={len(examples)}): {acc:.4f}")
@@ -69,12 +70,13 @@ def cmd_eval(args) -> None:
 def cmd_probe(args) -> None:
     from selfrl.models import load_model, resolve_device
     from selfrl.safety import load_probes, run_probes
-    from selfrl.tasks import load_task
+    from selfrl.tasks import load_task, with_chat_template
 
     task = load_task(args.task)
     probes, digest = load_probes(args.probes)  # a bad probe file fails before a model is loaded
     path = resolve_model_dir(args.checkpoint)
     model, tok = load_model(path, resolve_device(args.device))
+    task = with_chat_template(task, tok, _chat_setting(args), path)
     scores, _ = run_probes(model, tok, task, probes, args.max_completion_length, args.batch_size)
     counts = {c: sum(p.category == c for p in probes) for c in scores}
     print(f"probes {args.probes} (sha256 {digest[:12]}) on {path}, greedy:")
@@ -174,6 +176,12 @@ def _generation_args(parser: argparse.ArgumentParser, task_help: str) -> None:
     parser.add_argument("--max-completion-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--apply-chat-template", choices=("auto", "true", "false"), default="auto",
+                        help="render prompts through the tokenizer's chat template (auto: when it has one, as in training)")
+
+
+def _chat_setting(args) -> bool | None:
+    return {"auto": None, "true": True, "false": False}[args.apply_chat_template]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from selfrl.errors import ConfigError
+from selfrl.logger import parse_report_to
 
 METHODS = ("oracle", "srt", "ttrl", "mgrpo", "intuitor")
 DETECTOR_ACTIONS = ("off", "alarm", "rollback", "stop")
@@ -29,7 +30,13 @@ class Config:
     task: str = "arith"
     """Built-in task name ("arith") or a task file: "path/to/file.py:ClassName" or "package.module:ClassName"."""
     train_file: str | None = None
-    """JSONL of training prompts, one {"prompt": ..., "answer": optional} per line, replacing the task's own (the task still formats, extracts and evaluates)."""
+    """Training prompts replacing the task's own: a .jsonl, .parquet or .csv file or a hub dataset id org/name[:split] (the task still formats, extracts and evaluates)."""
+    prompt_column: str = "prompt"
+    """Column (JSONL: field) of train_file holding the prompt text, e.g. "problem" for MATH."""
+    answer_column: str | None = None
+    """Column of train_file holding gold answers, read by oracle and diagnostics only (None: "answer" when present)."""
+    apply_chat_template: bool | None = None
+    """Render each formatted prompt as a user turn of the tokenizer's chat template (None: when it has one; true: required)."""
     method: str = "mgrpo"
     """oracle (RL on gold answers: uses labels), srt, ttrl, mgrpo or intuitor (self-certainty reward) (label-free)."""
     output_dir: str = "runs/run"
@@ -131,7 +138,7 @@ class Config:
     gate_action: str = "continue"
     """On a probe regression at a checkpoint: continue (no promotion), rollback (to the promoted checkpoint) or stop."""
     report_to: str = "tensorboard"
-    """tensorboard or none. metrics.jsonl is always written."""
+    """tensorboard, wandb, mlflow, a comma list of them, or none; a missing package only warns. metrics.jsonl is always written."""
     progress: bool = True
     """Show progress bars."""
 
@@ -212,6 +219,10 @@ class Config:
             ("eval_limit", self.eval_limit is None or self.eval_limit >= 1, ">= 1 or null"),
             ("torch_threads", self.torch_threads is None or self.torch_threads >= 1, ">= 1 or null"),
             ("probes", self.probes is None or bool(self.probes.strip()), "a non-empty path or null"),
+            ("prompt_column", bool(self.prompt_column.strip()), "a non-empty column name"),
+            ("answer_column", self.answer_column is None or (bool(self.answer_column.strip())
+                                                             and self.answer_column != self.prompt_column),
+             "null or a non-empty column name other than prompt_column"),
             ("probe_tolerance", 0.0 <= self.probe_tolerance <= 1.0, "in [0, 1]"),
             ("curriculum_fraction", self.curriculum_fraction is None or 0 < self.curriculum_fraction <= 1, "in (0, 1] or null"),
             ("start_votes", self.start_votes is None or self.start_votes >= 1, ">= 1 or null"),
@@ -240,12 +251,15 @@ class Config:
                 raise ConfigError(f"{name}: must be {must}, got {getattr(self, name)!r}")
         choices = {
             "lr_scheduler_type": ("cosine", "constant"),
-            "report_to": ("tensorboard", "none"),
             "device": ("auto", "cpu", "cuda"),
             "dtype": ("float32", "bfloat16"),
             "gate_action": ("continue", "rollback", "stop"),
             "collapse_detector": DETECTOR_ACTIONS,
         }
+        try:
+            parse_report_to(self.report_to)
+        except ValueError as e:
+            raise ConfigError(f"report_to: {e}") from None
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")

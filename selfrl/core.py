@@ -96,7 +96,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 def self_certainty(logits: torch.Tensor) -> torch.Tensor:
     """Intuitor's per-token self-certainty KL(Uniform ‖ p) = logsumexp(z) − mean(z) − log V (methods.md §3).
 
-    logits (..., V) -> (...). 0 for a uniform distribution, growing as p concentrates; log V at most.
+    logits (..., V) -> (...). 0 for a uniform distribution, growing without bound as p concentrates (KL(p ‖ U), not
+    this one, is at most log V).
     """
     logits = logits.float()
     return torch.logsumexp(logits, dim=-1) - logits.mean(dim=-1) - math.log(logits.shape[-1])

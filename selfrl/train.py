@@ -63,7 +63,7 @@ from selfrl.mitigations import easiest, start_model_votes
 from selfrl.models import load_model, organism_path, resolve_device
 from selfrl.rollout import Rollouts, cat_rollouts, encode_prompts, generate, score
 from selfrl.safety import ProbeGate, describe, last_promoted
-from selfrl.tasks import load_task
+from selfrl.tasks import load_task, with_chat_template
 
 log = logging.getLogger("selfrl")
 
@@ -157,7 +157,7 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
     device = resolve_device(cfg.device)
     task = load_task(cfg.task)
     if cfg.train_file:
-        task = TrainFileTask(task, cfg.train_file)
+        task = TrainFileTask(task, cfg.train_file, cfg.prompt_column, cfg.answer_column)
     if cfg.early_stopping_patience is not None:  # fail now, not at the first evaluation
         task.eval_examples(cfg.early_stopping_split)
     probes = None
@@ -166,6 +166,9 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
                            cfg.eval_batch_size, resume)
     model_path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
     model, tokenizer = load_model(model_path, device)
+    task = with_chat_template(task, tokenizer, cfg.apply_chat_template, cfg.model)  # chat models: prompts as user turns
+    if probes is not None:
+        probes.task = task  # probes are prompts too: rendered the same way
     if cfg.use_peft:
         model = lora.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     model.train()

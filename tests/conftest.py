@@ -22,6 +22,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """torch's thread count is process-wide and a run with torch_threads (the bench workers use 1) sets it; CPU
+    matmuls round differently at another thread count, so a later in-process run would no longer match the same run
+    in a fresh subprocess bit for bit (test_crash_resume compares exactly that)."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_sets(model_dir: Path, out_dir: Path, **extra) -> list[str]:
     """--set pairs for a 2-step run on the tiny model."""
     sets = dict(model=str(model_dir), task="arith", output_dir=str(out_dir), max_steps=2, prompts_per_step=4,

@@ -41,6 +41,23 @@ def data_args(ws: Path, model: Path, text: str) -> list[str]:
     return train_args(ws, model, f"train_file={write(ws / 'd.jsonl', text)}")
 
 
+def parquet_args(ws: Path, model: Path, columns: dict) -> list[str]:
+    """Train on a Parquet prompt file holding these columns."""
+    import pandas as pd
+
+    pd.DataFrame(columns).to_parquet(ws / "d.parquet")
+    return train_args(ws, model, f"train_file={ws / 'd.parquet'}")
+
+
+def hub_offline(monkeypatch) -> None:
+    """No hub is reachable from the tests: offline mode makes `datasets` fail at once instead of after timeouts."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 def no_pad_no_eos(ws: Path, model: Path) -> Path:
     """A copy of the tiny model whose tokenizer has neither a pad nor an EOS token."""
     from transformers import AutoTokenizer
@@ -77,6 +94,8 @@ CASES = [
      r"unknown config key 'num_generation' in --set \(did you mean 'num_generations'\?\)"),
     ("wrong-type", lambda ws, m, mp: ["train", *sets("learning_rate=fast")],
      r"learning_rate: expected a number, got 'fast'"),
+    ("report-to-unknown", lambda ws, m, mp: ["train", *sets("report_to=tensorboard,comet")],
+     r"report_to: 'comet' is not one of tensorboard, wandb, mlflow \(or 'none' alone\)"),
     ("missing-config", lambda ws, m, mp: ["train", str(ws / "nope.yaml")], r"config file not found: .*nope\.yaml"),
     ("bad-yaml", lambda ws, m, mp: ["train", str(write(ws / "c.yaml", "method: [srt\n"))],
      r"c\.yaml: line 2 is not valid YAML"),
@@ -95,6 +114,16 @@ CASES = [
      r"d\.jsonl line 1: field 'prompt' must be a non-empty string"),
     ("dataset-partial-answers", lambda ws, m, mp: data_args(ws, m, '{"prompt": "1+2+3=", "answer": "6"}\n' + ROW),
      r"d\.jsonl line 2: no 'answer' field, but other lines have one; give every line an answer or none"),
+    ("dataset-missing-column", lambda ws, m, mp: parquet_args(ws, m, {"question": ["1+2+3="]}),
+     r"d\.parquet: no column 'prompt' \(columns: question\); set prompt_column"),
+    ("dataset-unreadable", lambda ws, m, mp: train_args(ws, m, f"train_file={write(ws / 'g.parquet', 'PAR1 garbage')}"),
+     r"g\.parquet: cannot read as Parquet \(ArrowInvalid: .+\)"),
+    ("dataset-unsupported-type", lambda ws, m, mp: train_args(ws, m, f"train_file={write(ws / 'd.json', ROW)}"),
+     r"d\.json: unsupported dataset file; train_file takes \.jsonl, \.parquet, \.csv or a hub dataset id"),
+    ("hub-dataset-unreachable", lambda ws, m, mp: hub_offline(mp) or train_args(
+        ws, m, "train_file=nobody-selfrl/no-such-set:test"),
+     r"train_file 'nobody-selfrl/no-such-set:test' is no local file, and loading it as a hub dataset failed: "
+     r"ConnectionError: .*OfflineModeIsEnabled"),
     ("task-import-fails", lambda ws, m, mp: train_args(
         ws, m, f"task={write(ws / 't.py', IMPORT_FAILS)}:T"),
      r"task file .*t\.py failed to import: ModuleNotFoundError: No module named 'not_a_real_package'"),
@@ -103,6 +132,8 @@ CASES = [
      r"task '.*t\.py:T' lacks method\(s\): format_prompt, extract_answer, is_equivalent, eval_examples"),
     ("oracle-without-answers", lambda ws, m, mp: train_args(ws, m, "method=oracle", f"task={TASKS}:NoGold"),
      r"task 'arith' has no gold training answers \(method 'oracle' needs them\)"),
+    ("chat-template-missing", lambda ws, m, mp: train_args(ws, m, "apply_chat_template=true"),
+     r"apply_chat_template: true, but the tokenizer of '.*' has no chat template"),
     ("group-too-small", lambda ws, m, mp: train_args(ws, m, "num_generations=1"),
      r"num_generations: must be at least 2 for group advantages, got 1"),
     ("momentum-takes-all", lambda ws, m, mp: train_args(ws, m, "method=mgrpo", "num_momentum_generations=4"),

@@ -11,6 +11,10 @@ A task is any class with these methods (subclass `Task` to inherit the defaults)
 
 The trainer keeps the two data paths apart: rewards are computed from `train_prompts()` and the model's own
 answers; `train_answers()` is read only by the `oracle` reward and by the diagnostics logger, after the update.
+
+A chat model's prompts go through its tokenizer's chat template (`apply_chat_template`, default: when the tokenizer
+has one): `with_chat_template` wraps the task once the tokenizer is loaded, so every place that formats a prompt
+(rollouts, start-model votes, greedy evaluation, probes) renders the same text; a task stays template-agnostic.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from selfrl.errors import TaskError
+from selfrl.errors import ModelError, TaskError
 
 REQUIRED = ("format_prompt", "extract_answer", "is_equivalent", "train_prompts", "eval_examples")
 
@@ -94,3 +98,56 @@ def load_task(spec: str):
     if missing:
         raise TaskError(f"task {spec!r} lacks method(s): {', '.join(missing)}")
     return task
+
+
+# ------------------------------------------------------------------------------------------------ chat templates
+def render_prompt(tokenizer, text: str, use_chat: bool) -> str:
+    """The text the model continues: `text` as the single user turn of the tokenizer's chat template with the
+    assistant's generation prompt opened (TRL's rendering of a conversational prompt), or `text` itself.
+
+    The rendered text already holds the template's special tokens (BOS, role markers), which is why prompts are
+    encoded with add_special_tokens=False (selfrl/rollout.py)."""
+    if not use_chat:
+        return text
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+
+
+def use_chat_template(tokenizer, setting: bool | None, model: str) -> bool:
+    """Whether prompts are rendered through the chat template: `setting` None means "when the tokenizer has one";
+    True without a template is an error (a base model's tokenizer usually has none)."""
+    has = bool(tokenizer.chat_template)
+    if setting and not has:
+        raise ModelError(f"apply_chat_template: true, but the tokenizer of {model!r} has no chat template")
+    return has if setting is None else setting
+
+
+class ChatTemplateTask:
+    """A task whose `format_prompt` output is rendered through a chat template; everything else is the task's."""
+
+    def __init__(self, task, tokenizer):
+        self.task, self.tokenizer = task, tokenizer
+        self.name = getattr(task, "name", "task")
+
+    def format_prompt(self, question: str) -> str:
+        return render_prompt(self.tokenizer, self.task.format_prompt(question), True)
+
+    def extract_answer(self, completion: str):
+        return self.task.extract_answer(completion)
+
+    def is_equivalent(self, a: str, b: str) -> bool:
+        return self.task.is_equivalent(a, b)
+
+    def train_prompts(self) -> list[str]:
+        return self.task.train_prompts()
+
+    def train_answers(self) -> list[str]:
+        return self.task.train_answers()  # the gold path is the task's own, unchanged
+
+    def eval_examples(self, split: str):
+        return self.task.eval_examples(split)
+
+
+def with_chat_template(task, tokenizer, setting: bool | None, model: str):
+    """`task` itself, or wrapped so its prompts are rendered through the tokenizer's chat template (see
+    `use_chat_template`)."""
+    return ChatTemplateTask(task, tokenizer) if use_chat_template(tokenizer, setting, model) else task
