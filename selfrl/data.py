@@ -16,6 +16,7 @@ needs the number of the bad line, which pyarrow's JSON reader does not report. P
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def _load_table(source: str, prompt_column: str, answer_column: str | None):
     import datasets
 
     datasets.disable_progress_bars()
+    # datasets logs a failed read at ERROR level before raising; the TaskError below is that report, in one line
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
     path = Path(source)
     kind = path.suffix.lower().lstrip(".")
     if kind in ("parquet", "csv"):
