@@ -36,6 +36,8 @@ class Config:
     """Run directory: resolved config, metrics.jsonl, TensorBoard events, checkpoints."""
     seed: int = 0
     """Seeds data order, sampling and initialisation; step s samples with seed (seed, s), so resume replays it."""
+    seed_per_prompt: bool = False
+    """Sample each prompt's rollouts from their own seed (seed, step, place in the data stream), so they do not depend on how a step's prompts are split across processes; always on with several processes."""
 
     # --- rollouts ------------------------------------------------------------------------------------------
     prompts_per_step: int = 8
