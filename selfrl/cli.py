@@ -31,7 +31,15 @@ def cmd_train(args) -> None:
     else:
         cfg = load_config(args.config, args.set)  # no CONFIG: the defaults, with --set on top
     out = train(cfg, resume=bool(args.resume))
-    print(f"run directory: {out}")
+    if process_index() == 0:
+        print(f"run directory: {out}")
+
+
+def process_index() -> int:
+    """This process's rank under `accelerate launch` (0 for a plain run): process 0 alone prints results."""
+    from selfrl.distributed import rank
+
+    return rank()
 
 
 def resolve_model_dir(path: str) -> str:
@@ -250,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except SelfRLError as e:
-        print(f"selfrl: error: {e}", file=sys.stderr)
+        where = f" (process {process_index()})" if process_index() else ""  # several processes: say whose error
+        print(f"selfrl: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("selfrl: interrupted", file=sys.stderr)

@@ -43,6 +43,8 @@ class Config:
     """Run directory: resolved config, metrics.jsonl, TensorBoard events, checkpoints."""
     seed: int = 0
     """Seeds data order, sampling and initialisation; step s samples with seed (seed, s), so resume replays it."""
+    seed_per_prompt: bool = False
+    """Sample each prompt's rollouts from their own seed (seed, step, place in the data stream), so they do not depend on how a step's prompts are split across processes; always on with several processes."""
 
     # --- rollouts ------------------------------------------------------------------------------------------
     prompts_per_step: int = 8
@@ -200,6 +202,9 @@ class Config:
             raise ConfigError("offline_labels/online_filter: intuitor's reward is self-certainty, not a vote")
         if self.method == "ttrl" and self.num_votes < self.num_generations:
             raise ConfigError(f"num_votes: {self.num_votes} must be >= num_generations ({self.num_generations}) for ttrl")
+        if self.use_vllm and self.seed_per_prompt:
+            raise ConfigError("seed_per_prompt: the vLLM engine samples with its own generator; per-prompt seeds "
+                              "apply to the HF sampler only (set use_vllm: false)")
         checks = [  # (field, holds, what it must be)
             ("prompts_per_step", self.prompts_per_step >= 1, ">= 1"),
             ("max_completion_length", self.max_completion_length >= 1, ">= 1"),

@@ -146,6 +146,16 @@ class MetricsLogger:
         self.backends = {}
 
 
+class NullLogger:
+    """What every process but process 0 logs to: nothing (one metrics.jsonl per run, however many processes)."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _rows(text: str) -> list[dict]:
     """Parsed metric rows; a last line cut short by a crash mid-write is skipped (every earlier line is whole)."""
     lines = [ln for ln in text.splitlines() if ln.strip()]

@@ -102,6 +102,7 @@ def generate(
     max_new_tokens: int,
     temperature: float = 1.0,
     greedy: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> Rollouts:
     """`num_samples` completions per prompt by pure sampling at `temperature` (top_k=0, top_p=1), or greedy.
 
@@ -110,7 +111,10 @@ def generate(
     (2) rows that have ended are dropped from the batch, instead of being fed padding until the longest ends. It also
     records what the loop reads from the sampling distributions (the entropy for the IQR filter, the log-prob of each
     sampled token, Intuitor's self-certainty), so no forward pass is spent on them.
-    The distribution is generate's: softmax(logits / temperature), sampled with torch.multinomial.
+    The distribution is generate's: softmax(logits / temperature), sampled with torch.multinomial, or, given
+    `noise` (B*k, max_new_tokens) of uniforms in [0, 1), by inverting row i's CDF at noise[i, t]: a row's draw then
+    depends on its own numbers only, not on the global RNG or the other rows in the batch (the trainer seeds them
+    per prompt, so a prompt's rollouts do not depend on how a step's prompts are split across processes).
     """
     prompt_ids, prompt_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]  # (B, P)
     k, (B, P) = num_samples, prompt_ids.shape
@@ -126,7 +130,10 @@ def generate(
     for t in range(max_new_tokens):
         z = logits.float() / (1.0 if greedy else temperature)  # (A, V)
         logp = torch.log_softmax(z, dim=-1)
-        nxt = z.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(1)  # (A,)
+        if greedy or noise is None:
+            nxt = z.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(1)  # (A,)
+        else:
+            nxt = inverse_cdf(logp.exp(), noise[active, t])
         stats[:, active, t] = torch.stack([-(logp.exp() * logp).sum(-1), logp.gather(1, nxt[:, None]).squeeze(1),
                                            -logp.mean(-1) - math.log(logp.shape[-1])])  # core.self_certainty
         tokens[active, t] = torch.where(ended, tokenizer.pad_token_id, nxt)
@@ -153,6 +160,14 @@ def generate(
     texts = tokenizer.batch_decode(resp.masked_fill(is_eos, tokenizer.pad_token_id), skip_special_tokens=True)
     entropy, logp, certainty = stats[:, :, :steps] * response_mask
     return Rollouts(input_ids, attention_mask, response_mask, P, texts, entropy, logp, certainty)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Sample i of each row: the first token whose cumulative probability exceeds u·total.  (A, V), (A,) -> (A,).
+    Scaling by the row's total keeps a float32 cumsum that ends a little off 1 from skewing the last token."""
+    cdf = probs.cumsum(-1)  # (A, V)
+    i = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    return i.clamp(max=probs.shape[-1] - 1)
 
 
 def length_buckets(lengths: list[int], overhead: float = 0.05) -> list[list[int]]:

@@ -35,11 +35,22 @@ The same loop runs `oracle` (gold reward: the ceiling), `srt` (vote over the pol
 Launching
   * 1 CPU:   selfrl train examples/my_task.yaml               (or `selfrl demo` for the built-in comparison)
   * 1 GPU:   selfrl train my.yaml --set device=cuda --set dtype=bfloat16
-  * many GPUs: not in this version; rollouts are generated on one device.
+  * N processes, data parallel (selfrl/distributed.py, README "Many processes"):
+        accelerate launch --multi_gpu --num_processes N -m selfrl train my.yaml
+    one GPU per process (NCCL), or CPU processes (gloo) where there is no GPU or device=cpu; several nodes with
+    --num_machines / --machine_rank / --main_process_ip and output_dir on a filesystem every node sees. Each process
+    holds the whole policy, momentum and reference model and takes prompts_per_step / N of every step's prompts with
+    all their samples, so each vote is local; the token-mean's denominator is the global token count and gradients
+    are summed, so the update is the 1-process one, and every process applies it and the same EMA. Prompts sample
+    from their own seeds (`seed_per_prompt`), so the rollouts do not depend on N. Process 0 alone logs, prints and
+    writes checkpoints; validation is split across the processes. DeepSpeed and FSDP (sharded parameters) are
+    refused, and so are the options that decide from a whole step's votes or write run files (online_filter,
+    offline_labels, curriculum_fraction, probes, early stopping, detector rollback/stop): they run on 1 process.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -51,6 +62,7 @@ import torch
 from tqdm.auto import tqdm
 
 from selfrl import core, lora, vllm_backend
+from selfrl import distributed as dist
 from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, meta_value, prune_checkpoints,
                                read_pointers, save_checkpoint, set_pointer, step_dir, verify_checkpoint)
 from selfrl.config import Config
@@ -58,9 +70,9 @@ from selfrl.data import TrainFileTask
 from selfrl.errors import SelfRLError, TaskError
 from selfrl.evaluate import greedy_accuracy
 from selfrl.detector import CollapseDetector
-from selfrl.logger import MetricsLogger, read_metrics
+from selfrl.logger import MetricsLogger, NullLogger, read_metrics
 from selfrl.mitigations import easiest, start_model_votes
-from selfrl.models import load_model, organism_path, resolve_device
+from selfrl.models import load_model, organism_path
 from selfrl.rollout import Rollouts, cat_rollouts, encode_prompts, generate, score
 from selfrl.safety import ProbeGate, describe, last_promoted
 from selfrl.tasks import load_task, with_chat_template
@@ -144,17 +156,22 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     run_dir = Path(cfg.output_dir)
+    device = dist.init(cfg.device)  # joins accelerate's process group when launched with several processes
+    dist.check_config(cfg, dist.world())
+    if dist.world() > 1:  # the saved config says what ran; a resume on one process then samples the same way
+        cfg = dataclasses.replace(cfg, seed_per_prompt=True)
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise SelfRLError(f"output_dir {run_dir} already holds a run; pass --resume {run_dir} or choose another output_dir")
+    dist.barrier()  # every process has looked before process 0 writes there
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
+        if dist.is_main():
+            cfg.save(run_dir / "config.yaml")
     except OSError as e:
         raise SelfRLError(f"output_dir {run_dir} is not writable: {e.strerror}") from None
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
     task = load_task(cfg.task)
     if cfg.train_file:
         task = TrainFileTask(task, cfg.train_file, cfg.prompt_column, cfg.answer_column)
@@ -164,6 +181,9 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
     if cfg.probes:  # a bad probe file or a changed yardstick fails here, before any model is loaded
         probes = ProbeGate(run_dir, cfg.probes, task, cfg.probe_tolerance, cfg.max_completion_length,
                            cfg.eval_batch_size, resume)
+    if cfg.model == "organism" and dist.is_main():
+        organism_path(progress=cfg.progress)  # trained into the cache once, before the other processes look there
+    dist.barrier()
     model_path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
     model, tokenizer = load_model(model_path, device)
     task = with_chat_template(task, tokenizer, cfg.apply_chat_template, cfg.model)  # chat models: prompts as user turns
@@ -215,10 +235,11 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
             raise SelfRLError(f"--resume {run_dir}: no intact checkpoint found (step_*/meta.json)")
         meta = load_checkpoint(ckpt, model, momentum_state, optimizer, scheduler)
         s.start_step, stream.cursor = meta["step"], meta["cursor"]
-        prune_checkpoints(run_dir, None)  # clear a half-written step_*.tmp or half-deleted *.trash from the crash
-        for name, step in read_pointers(run_dir).items():  # pins into the abandoned future are void
-            if step > s.start_step:
-                set_pointer(run_dir, name, None)
+        if dist.is_main():
+            prune_checkpoints(run_dir, None)  # clear a half-written step_*.tmp or half-deleted *.trash from the crash
+            for name, step in read_pointers(run_dir).items():  # pins into the abandoned future are void
+                if step > s.start_step:
+                    set_pointer(run_dir, name, None)
         _replay_loop_state(s, [r for r in read_metrics(run_dir) if r["step"] <= s.start_step])
         log.info("resumed from %s (step %d)", ckpt, s.start_step)
     return s
@@ -257,14 +278,15 @@ def as_reference(s: Setup):
         yield s.ref
 
 
-def rollouts(s: Setup, which: str, batch: dict, k: int) -> Rollouts:
+def rollouts(s: Setup, which: str, batch: dict, k: int, noise: torch.Tensor | None = None) -> Rollouts:
     """k samples per prompt from the policy or ("momentum") the momentum model's current weights, by the HF sampler
-    or, with use_vllm, by the engine after loading it with exactly those weights (selfrl/vllm_backend.py)."""
+    (from `noise` when seed_per_prompt gives each prompt its own numbers) or, with use_vllm, by the engine after
+    loading it with exactly those weights (selfrl/vllm_backend.py)."""
     cfg = s.cfg
     view = as_momentum(s) if which == "momentum" else contextlib.nullcontext(s.model)
     with view as model:
         if s.sampler is None:
-            return generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature)
+            return generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature, noise=noise)
         adapter = lora.MOMENTUM if which == "momentum" else lora.POLICY  # read only with LoRA
         s.sampler.load(which, vllm_backend.engine_weights(model, adapter))
         return s.sampler.generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature)
@@ -272,7 +294,9 @@ def rollouts(s: Setup, which: str, batch: dict, k: int) -> Rollouts:
 
 def evaluate(s: Setup) -> dict:
     examples = s.task.eval_examples("val")[: s.cfg.eval_limit]
-    acc, _ = greedy_accuracy(s.model, s.tokenizer, s.task, examples, s.cfg.max_completion_length, s.cfg.eval_batch_size)
+    mine = examples[dist.rank() :: dist.world()]  # with several processes each scores a share, none waits idle
+    acc, _ = greedy_accuracy(s.model, s.tokenizer, s.task, mine, s.cfg.max_completion_length, s.cfg.eval_batch_size)
+    acc = dist.all_sum(round(acc * len(mine))) / max(len(examples), 1)  # correct answers over all of them
     out = {"val/accuracy": acc, **(s.probes.score(s.model, s.tokenizer) if s.probes is not None else {})}
     if s.cfg.early_stopping_patience is not None:  # SRT mitigation 1: a small LABELLED split, disjoint from val
         held = s.task.eval_examples(s.cfg.early_stopping_split)[: s.cfg.early_stopping_examples]
@@ -281,23 +305,38 @@ def evaluate(s: Setup) -> dict:
     return out
 
 
+def prompt_noise(seed: int, step: int, places: range, role: int, k: int, T: int, device) -> torch.Tensor:
+    """(len(places)*k, T) uniforms for `generate`'s sampling: the k rows of the prompt at each place in the data stream
+    from their own stream (seed, step, place, role); role 0 is the policy's rollouts, 1 the momentum model's."""
+    rows = [np.random.default_rng([seed, step, p, role]).random((k, T), dtype=np.float32) for p in places]
+    return torch.from_numpy(np.concatenate(rows)).to(device)
+
+
 def sample_batch(s: Setup, step: int, V: int, N: int, amp) -> tuple[list[int], Rollouts, Rollouts | None, int]:
     """This step's prompts and their rollouts: V per prompt from the policy, N from the momentum model's current
     EMA weights. With `online_filter` (SRT mitigation 4) a prompt whose pooled vote has a majority share below the
     threshold is dropped and further prompts are drawn until the batch is full or `online_filter_max_draws` draws
-    were made (then the step trains on the prompts that passed). Returns (ids, policy, momentum, prompts drawn)."""
-    cfg, tok, B = s.cfg, s.tokenizer, s.cfg.prompts_per_step
+    were made (then the step trains on the prompts that passed). Returns (ids, policy, momentum, prompts drawn).
+    With several processes, each takes its share of every draw: B here is prompts_per_step / processes."""
+    cfg, tok = s.cfg, s.tokenizer
+    B = cfg.prompts_per_step // dist.world()  # all samples of a prompt are drawn here, so its vote is local
     device = next(s.model.parameters()).device
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # per-step sampling seed: a resume replays the step exactly
     ids, pols, moms, drawn = [], [], [], 0
     limit = B * cfg.online_filter_max_draws  # past it, keep drawing (up to 10x) only while no prompt has passed
     while len(ids) < B and (drawn < limit or (not ids and drawn < 10 * limit)):
-        draw = [s.pool[j] for j in s.stream.next(B)]  # questions only: no answers are fetched here
+        lo = dist.rank() * B
+        places = range(s.stream.cursor + lo, s.stream.cursor + lo + B)  # this share's places in the data stream
+        draw = [s.pool[j] for j in s.stream.next(B * dist.world())][lo : lo + B]  # questions only: no answers
         drawn += B
         batch = encode_prompts(tok, [s.task.format_prompt(s.prompts[i]) for i in draw], device)
+        pol_noise = mom_noise = None
+        if cfg.seed_per_prompt:  # each prompt samples from its own numbers: the same rollouts on 1 process or many
+            pol_noise = prompt_noise(cfg.seed, step, places, 0, V, cfg.max_completion_length, device)
+            mom_noise = prompt_noise(cfg.seed, step, places, 1, N, cfg.max_completion_length, device) if N else None
         with amp:
-            pol = rollouts(s, "policy", batch, V)
-            mom = rollouts(s, "momentum", batch, N) if N else None
+            pol = rollouts(s, "policy", batch, V, pol_noise)
+            mom = rollouts(s, "momentum", batch, N, mom_noise) if N else None
         keep = list(range(B))
         if cfg.online_filter is not None:  # judged on the whole unfiltered pool, before the IQR filter
             texts = [pol.texts[i * V : (i + 1) * V] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(B)]
@@ -365,6 +404,7 @@ def detector_response(s: Setup, step: int) -> tuple[int | None, bool]:
 def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) a training run; returns the run directory."""
     s = setup(cfg, resume)
+    cfg = s.cfg  # as resolved for this launch (several processes turn seed_per_prompt on)
     model, tok, task = s.model, s.tokenizer, s.task
     device = next(model.parameters()).device
     eq = task.is_equivalent
@@ -380,7 +420,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
     M = cfg.num_generations - N  # policy rollouts per prompt, the ones trained
     V = cfg.num_votes if cfg.method == "ttrl" else M  # policy samples per prompt (ttrl votes with extra ones)
     G = V + N  # pooled voters per prompt
-    logger = MetricsLogger(s.run_dir, cfg.report_to, truncate_after=s.start_step if resume else None)
+    logger = (MetricsLogger(s.run_dir, cfg.report_to, truncate_after=s.start_step if resume else None)
+              if dist.is_main() else NullLogger())
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     last_val = float("nan")
     if not resume:
@@ -401,7 +442,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
         last_val = first["val/accuracy"]
 
     skipped_in_a_row, unhealthy_since_save = 0, False
-    bar = tqdm(range(s.start_step + 1, cfg.max_steps + 1), desc=f"{cfg.method}", disable=not cfg.progress)
+    bar = tqdm(range(s.start_step + 1, cfg.max_steps + 1), desc=f"{cfg.method}",
+               disable=not cfg.progress or not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
         # 1-2. prompts and rollouts (policy + momentum; online filter); b prompts this step
@@ -455,13 +497,16 @@ def train(cfg: Config, resume: bool = False) -> Path:
         if cfg.beta > 0:
             with torch.no_grad(), amp, as_reference(s) as ref:
                 ref_logp, _, _ = score(ref, part, cfg.temperature, prompt_of[live])
+        #    With several processes the denominator is the global token count: each process's loss is its share
+        #    of the 1-process loss, and the sum of their gradients is that loss's gradient (selfrl/distributed.py).
         with amp:
             loss, lm = core.policy_loss(logp, logp.detach(), adv[live], loss_mask[live], cfg.epsilon, cfg.beta, ref_logp,
-                                        n_tokens=loss_mask.sum().clamp(min=1))
+                                        n_tokens=dist.all_sum(loss_mask.sum()).clamp(min=1))
         s.optimizer.zero_grad(set_to_none=True)
         grad_norm = float("nan")
-        if torch.isfinite(loss):  # a non-finite loss or gradient must not reach the weights: skip the step
+        if math.isfinite(dist.all_sum(loss.item())):  # a non-finite loss or gradient must not reach the weights: skip
             loss.backward()
+            dist.all_reduce_grads_(model.parameters())  # then every process clips and steps on the global gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
         skipped = not math.isfinite(grad_norm)
         skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
@@ -484,7 +529,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
             "reward/pseudo": kept_r.mean().item() if kept_r.numel() else 0.0,
             "vote/majority_share": float(np.mean(shares)),
             "vote/unanimous_groups": float(np.mean(unanimous)),
-            "vote/answer_diversity": len({lbl for lbl in (v[0] for v in votes) if lbl is not None}) / b,
+            "vote/answer_diversity": len(dist.union({v[0] for v in votes if v[0] is not None})) / (b * dist.world()),
             "policy/entropy": core.masked_mean(trained.entropy, resp_mask).item(),
             "policy/self_certainty": core.masked_mean(trained.certainty, resp_mask).item(),
             "policy/response_length": resp_mask.sum(1).mean().item(),
@@ -500,6 +545,13 @@ def train(cfg: Config, resume: bool = False) -> Path:
         }
         if audit is not None:
             metrics.update(audit.metrics(ids, labels, answers, M))
+        # 8a. with several processes, each mean above becomes the global one, weighted by the items it averages
+        n_resp = resp_mask.sum().item()
+        metrics = dist.global_metrics(metrics, weights={
+            "reward/pseudo": kept_r.numel(), "vote/majority_share": b, "vote/unanimous_groups": b,
+            "policy/entropy": n_resp, "policy/self_certainty": n_resp, "policy/response_length": b * M,
+            "filter/dropped_frac": b * G, "anchor/kl": n_resp, "reward/label_accuracy": b, "reward/true": b * M,
+        }, sums=("filter/dropped", "loss/pg", "loss/kl", "loss/clip_frac"))
         metrics["time/step_s"] = time.perf_counter() - t0  # the training step alone, evaluation excluded
         # 8b. label-free collapse detection (issue 3): alarm, and with rollback/stop restore the last healthy weights
         stop_reason = None
@@ -546,7 +598,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
             raise SelfRLError(f"step {step}: {skipped_in_a_row} steps in a row had a non-finite loss or gradient; "
                               f"stopping (last checkpoint kept: {last.name if last else 'none'})")
         if save_now:
-            checkpoint(s, step, metrics, regressed, healthy=not unhealthy_since_save)
+            momentum = s.momentum_state.values() if s.momentum_state is not None else None  # full copy or adapter
+            dist.check_replicas(step, {"policy": model.parameters(), "momentum": momentum})  # process 0 saves for all
+            if dist.is_main():
+                checkpoint(s, step, metrics, regressed, healthy=not unhealthy_since_save)
+            dist.barrier()  # a resume on any process reads what process 0 wrote
             unhealthy_since_save = False
         if stop_reason:
             log.info("step %d: %s: stopped; the final checkpoint is step_%06d", step, stop_reason, step)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from selfrl.core import token_entropy, token_logprobs
-from selfrl.rollout import encode_prompts, eos_ids, generate, length_buckets, score
+from selfrl.rollout import encode_prompts, eos_ids, generate, inverse_cdf, length_buckets, score
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,39 @@ def test_first_token_is_sampled_from_softmax_at_temperature(tiny):
     freq = torch.bincount(ro.response_ids[:, 0], minlength=probs.shape[0]).float() / 4000
     sigma = (probs * (1 - probs) / 4000).sqrt()
     assert ((freq - probs).abs() <= 4.5 * sigma + 1e-3).all()
+
+
+def test_inverse_cdf_by_hand():
+    # p = [0.1, 0.2, 0, 0.7]: the CDF is [0.1, 0.3, 0.3, 1.0]; token i is drawn when u falls in [cdf[i-1], cdf[i]),
+    # so u = 0.05 -> 0, 0.1 -> 1 (the boundary belongs to the next token), 0.29 -> 1, 0.3 -> 3 (token 2 has
+    # probability 0 and an empty interval), 0.999 -> 3. A row summing to 2 (unnormalised) gives the same draws.
+    p = torch.tensor([[0.1, 0.2, 0.0, 0.7]]).repeat(5, 1)
+    u = torch.tensor([0.05, 0.1, 0.29, 0.3, 0.999])
+    assert inverse_cdf(p, u).tolist() == [0, 1, 1, 3, 3]
+    assert inverse_cdf(2 * p, u).tolist() == [0, 1, 1, 3, 3]
+
+
+def test_noise_samples_from_softmax_and_rows_are_independent(tiny):
+    # With per-row uniforms the first token is still drawn from softmax(logits / T) (same 4.5-sigma check as above),
+    # and a row's whole completion depends on its own uniforms only: sampling two prompts together or one at a time
+    # (another batch, another padding) gives the same tokens. That is what makes the rollouts of a step the same on
+    # one process or on several (tests/test_distributed.py).
+    model, tok = tiny
+    batch = encode_prompts(tok, ["15+27="], torch.device("cpu"))
+    with torch.no_grad():
+        probs = torch.softmax(model(**batch).logits[0, -1] / 1.7, dim=-1)
+    noise = torch.rand(4000, 1, generator=torch.Generator().manual_seed(5))
+    ro = generate(model, tok, batch, 4000, 1, temperature=1.7, noise=noise)
+    freq = torch.bincount(ro.response_ids[:, 0], minlength=probs.shape[0]).float() / 4000
+    sigma = (probs * (1 - probs) / 4000).sqrt()
+    assert ((freq - probs).abs() <= 4.5 * sigma + 1e-3).all()
+
+    noise = torch.rand(2 * 6, 12, generator=torch.Generator().manual_seed(6))
+    both = generate(model, tok, encode_prompts(tok, ["3+4=", "15+27="], torch.device("cpu")), 6, 12, noise=noise)
+    alone = [generate(model, tok, encode_prompts(tok, [q], torch.device("cpu")), 6, 12, noise=noise[i * 6 : (i + 1) * 6])
+             for i, q in enumerate(["3+4=", "15+27="])]
+    assert both.texts == alone[0].texts + alone[1].texts
+    assert len(set(both.texts)) > 2  # sampled, not collapsed to one completion
 
 
 def test_every_model_eos_ends_a_completion(tiny):
