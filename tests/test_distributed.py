@@ -193,3 +193,21 @@ def test_collectives_on_two_processes(tmp_path):
         assert got["metrics"] == {"reward/pseudo": 0.25, "filter/dropped": 7, "lr": 0.5, "anchor/kl": None}
         assert got["labels"] == ["7", "8", "9"]
         assert "process 1's policy weights differ from process 0's" in got["diverged"]  # raised on both processes
+
+
+def test_lora_two_processes_match_one(tiny_model_dir, tmp_path):
+    """LoRA with the adapter-only anchor: the gradient sum covers the policy adapter (the only trainable tensors),
+    and the momentum adapter stays identical on both processes (checked at each checkpoint by check_replicas)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    sets = dict(RUN, max_steps=2, use_peft="true", lora_target_modules="all-linear")
+    train(load_config(None, tiny_sets(tiny_model_dir, one, seed_per_prompt="true", **sets)))
+    proc = launch(2, "train", *as_args(tiny_sets(tiny_model_dir, two, **sets)), tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = read_metrics(one), read_metrics(two)
+    for key in CLOSE:
+        assert max(abs(x[key] - y[key]) for x, y in zip(a[1:], b[1:])) <= METRIC_TOL, key
+    for f in ("policy/adapter_model.safetensors", "momentum.safetensors"):
+        x, y = load_file(one / "step_000002" / f), load_file(two / "step_000002" / f)
+        assert x.keys() == y.keys() and max((x[k] - y[k]).abs().max().item() for k in x) <= WEIGHT_TOL, f
+    assert max(v.abs().max().item() for k, v in load_file(two / "step_000002" / "policy/adapter_model.safetensors")
+               .items() if "lora_B" in k) > 0  # the adapter trained
