@@ -81,14 +81,15 @@ def main() -> None:
     seen: dict[str, tuple] = {}
 
     def selfrl(model, method="srt", iqr=False, **shape):
-        """(median s/step, peak RSS MiB, mean response tokens) of a selfrl run; a run already measured is reused."""
+        """(median s/step, peak RSS MiB, mean response tokens, RSS MiB after imports) of a selfrl run; a run already
+        measured is reused."""
         n, w = steps[model]
         spec = dict(kind="selfrl", model=model, method=method, iqr=iqr, steps=n, warmup=w, beta=0.005, threads=th,
                     **{**shapes[model], **shape})
         key = json.dumps(spec, sort_keys=True)
         if key not in seen:
             r = measure(spec)
-            seen[key] = med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"])
+            seen[key] = med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"]), r["base_rss_mib"]
         return seen[key]
 
     # 1. selfrl vs TRL -----------------------------------------------------------------------------------------
@@ -98,24 +99,28 @@ def main() -> None:
         for m in models:
             n, w = steps[m]
             base = dict(model=m, steps=n, warmup=w, beta=0.005, threads=th, **shapes[m])
-            srt_s, srt_mem, _ = selfrl(m)
-            mg_s, mg_mem, _ = selfrl(m, "mgrpo")
+            srt = selfrl(m)
+            mg = selfrl(m, "mgrpo")
             trl = {gc: measure(dict(kind="trl", gradient_checkpointing=gc, **base)) for gc in (True, False)}
             t_gc, t_nogc = med(trl[True]["step_s"]), med(trl[False]["step_s"])
             label = f"{names[m]} ({parameters(m) / 1e6:.1f}M), B={shapes[m]['B']} G={shapes[m]['G']} T={shapes[m]['T']}"
-            rows += [
-                [label, "TRL GRPOTrainer (defaults: gradient checkpointing on)", f"{t_gc:.3f}", f"{1 / t_gc:.2f}",
-                 f"{trl[True]['peak_rss_mib']:.0f}", "1.00", f"{t_nogc / t_gc:.2f}"],
-                [label, "TRL GRPOTrainer, gradient checkpointing off", f"{t_nogc:.3f}", f"{1 / t_nogc:.2f}",
-                 f"{trl[False]['peak_rss_mib']:.0f}", f"{t_gc / t_nogc:.2f}", "1.00"],
-                [label, "selfrl srt (the same work)", f"{srt_s:.3f}", f"{1 / srt_s:.2f}", f"{srt_mem:.0f}",
-                 f"**{t_gc / srt_s:.2f}**", f"**{t_nogc / srt_s:.2f}**"],
-                [label, "selfrl mgrpo (+ momentum rollouts, anchor KL, EMA)", f"{mg_s:.3f}", f"{1 / mg_s:.2f}",
-                 f"{mg_mem:.0f}", f"{t_gc / mg_s:.2f}", f"{t_nogc / mg_s:.2f}"],
-            ]
+
+            def row(trainer, s, peak, length, base_rss, bold=""):
+                # mean response tokens per rollout (up to and including EOS, both libraries count alike): equal
+                # lengths say both sides generated and trained on the same amount of text
+                return [label, trainer, f"{s:.3f}", f"{1 / s:.2f}", f"{length:.1f}", f"{peak:.0f}",
+                        f"{peak - base_rss:.0f}", f"{bold}{t_gc / s:.2f}{bold}", f"{bold}{t_nogc / s:.2f}{bold}"]
+
+            for gc, name in ((True, "TRL GRPOTrainer (defaults: gradient checkpointing on)"),
+                             (False, "TRL GRPOTrainer, gradient checkpointing off")):
+                r = trl[gc]
+                rows.append(row(name, med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"]),
+                                r["base_rss_mib"]))
+            rows.append(row("selfrl srt (the same work)", *srt, bold="**"))
+            rows.append(row("selfrl mgrpo (+ momentum rollouts, anchor KL, EMA)", *mg))
         md.append(table("1. selfrl vs TRL GRPOTrainer, same work (speed-up = TRL s/step ÷ this row's s/step)",
-                        ["model, shape", "trainer", "s/step", "steps/s", "peak RSS MiB", "speed-up vs TRL default",
-                         "speed-up vs TRL no-GC"], rows))
+                        ["model, shape", "trainer", "s/step", "steps/s", "mean response tokens", "peak RSS MiB",
+                         "peak − RSS after imports, MiB", "speed-up vs TRL default", "speed-up vs TRL no-GC"], rows))
     else:
         print("\nTRL is not installed: table 1 skipped (pip install -e '.[bench]' or make bench)", flush=True)
     results["tables"]["trl"] = rows
@@ -123,15 +128,15 @@ def main() -> None:
     # 2. mgrpo / srt -------------------------------------------------------------------------------------------
     rows = []
     for G in (8,) if quick else (8, 16):
-        srt_s, _, _ = selfrl(org, G=G)
-        mg_s, _, _ = selfrl(org, "mgrpo", G=G)
-        iqr_s, _, _ = selfrl(org, "mgrpo", iqr=True, G=G)
+        srt_s, *_ = selfrl(org, G=G)
+        mg_s, *_ = selfrl(org, "mgrpo", G=G)
+        iqr_s, *_ = selfrl(org, "mgrpo", iqr=True, G=G)
         rows.append([f"organism, B=8 G={G} T=16", f"{srt_s:.3f}", f"{mg_s:.3f}", f"**{mg_s / srt_s:.2f}**",
                      f"{iqr_s:.3f}", f"**{iqr_s / srt_s:.2f}**"])
     if not quick:
         m = big["qwen2-20m"]
-        srt_s, _, _ = selfrl(m)
-        mg_s, _, _ = selfrl(m, "mgrpo", iqr=True)
+        srt_s, *_ = selfrl(m)
+        mg_s, *_ = selfrl(m, "mgrpo", iqr=True)
         rows.append(["qwen2-20m, B=8 G=8 T=32", f"{srt_s:.3f}", "", "", f"{mg_s:.3f}", f"**{mg_s / srt_s:.2f}**"])
     md.append(table("2. M-GRPO's cost at the same G (target: mgrpo ≤ 1.35 × srt)",
                     ["model, shape", "srt s/step", "mgrpo s/step", "mgrpo / srt", "mgrpo+IQR s/step", "mgrpo+IQR / srt"],
@@ -142,7 +147,7 @@ def main() -> None:
     rows = []
     for m in [org] if quick else [org, big["qwen2-20m"]]:
         ema = med(measure(dict(kind="ema", model=m, repeats=30, threads=th))["ema_s"])
-        mg_s, _, _ = selfrl(m, "mgrpo")
+        mg_s, *_ = selfrl(m, "mgrpo")
         rows.append([f"{names[m]} ({parameters(m) / 1e6:.1f}M)", f"{ema * 1e3:.2f}", f"{mg_s:.3f}",
                      f"**{100 * ema / mg_s:.2f}%**"])
     md.append(table("3. The momentum update (EMA) as a share of an mgrpo step (target: < 5%)",
@@ -168,7 +173,7 @@ def main() -> None:
         grid += [("model", names[m], m, dict(T=32)) for m in (org, big["qwen2-5m"], big["qwen2-20m"])]
     for axis, value, m, fixed in grid:
         shape = {**shapes[m], **fixed, **({axis: value} if axis in "GBT" else {})}
-        s, mem, length = selfrl(m, **shape)
+        s, mem, length, _ = selfrl(m, **shape)
         rows.append([axis, f"{names[m]} B={shape['B']} G={shape['G']} T={shape['T']}", f"{s:.3f}", f"{length:.1f}",
                      f"{mem:.0f}"])
     md.append(table("5. srt step time as G, B, response length and model size grow",
