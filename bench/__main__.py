@@ -32,10 +32,12 @@ from bench.models import model_dir, parameters
 def measure(spec: dict) -> dict:
     """Run one worker process; its RESULT line, parsed. A failing worker ends the benchmark with its last lines."""
     cmd = [sys.executable, "-m", "bench.worker", json.dumps(spec)]
+    load = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
+            # the 1-minute load average before and after: on a shared machine it says how much others competed
+            return {**json.loads(line[7:]), "load": (load, os.getloadavg()[0])}
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
     raise SystemExit(f"benchmark worker failed: {json.dumps(spec)}\n{tail}")
 
@@ -66,7 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in every worker (default: all cores)")
     ap.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.md")
     args = ap.parse_args()
-    t_start = time.time()
+    t_start, load_start = time.time(), os.getloadavg()[0]
     th = args.threads
     quick = args.quick
     org = model_dir("organism")
@@ -76,7 +78,7 @@ def main() -> None:
     shapes = {org: dict(B=8, G=8, T=16), big["qwen2-5m"]: dict(B=8, G=8, T=32), big["qwen2-20m"]: dict(B=8, G=8, T=32)}
     names = {org: "organism", **{v: k for k, v in big.items()}}
     results: dict = {"machine": machine(th), "tables": {}}
-    md = [f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']}; `python -m bench{' --quick' if quick else ''}`."]
+    md = [f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']}; `python -m bench{' --quick' if quick else ''} --threads {th}`."]
 
     seen: dict[str, tuple] = {}
 
@@ -89,7 +91,8 @@ def main() -> None:
         key = json.dumps(spec, sort_keys=True)
         if key not in seen:
             r = measure(spec)
-            seen[key] = med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"]), r["base_rss_mib"]
+            seen[key] = (med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"]), r["base_rss_mib"],
+                         r["load"])
         return seen[key]
 
     # 1. selfrl vs TRL -----------------------------------------------------------------------------------------
@@ -105,22 +108,24 @@ def main() -> None:
             t_gc, t_nogc = med(trl[True]["step_s"]), med(trl[False]["step_s"])
             label = f"{names[m]} ({parameters(m) / 1e6:.1f}M), B={shapes[m]['B']} G={shapes[m]['G']} T={shapes[m]['T']}"
 
-            def row(trainer, s, peak, length, base_rss, bold=""):
+            def row(trainer, s, peak, length, base_rss, load, bold=""):
                 # mean response tokens per rollout (up to and including EOS, both libraries count alike): equal
                 # lengths say both sides generated and trained on the same amount of text
                 return [label, trainer, f"{s:.3f}", f"{1 / s:.2f}", f"{length:.1f}", f"{peak:.0f}",
-                        f"{peak - base_rss:.0f}", f"{bold}{t_gc / s:.2f}{bold}", f"{bold}{t_nogc / s:.2f}{bold}"]
+                        f"{peak - base_rss:.0f}", f"{bold}{t_gc / s:.2f}{bold}", f"{bold}{t_nogc / s:.2f}{bold}",
+                        f"{load[0]:.1f} → {load[1]:.1f}"]
 
             for gc, name in ((True, "TRL GRPOTrainer (defaults: gradient checkpointing on)"),
                              (False, "TRL GRPOTrainer, gradient checkpointing off")):
                 r = trl[gc]
                 rows.append(row(name, med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"]),
-                                r["base_rss_mib"]))
+                                r["base_rss_mib"], r["load"]))
             rows.append(row("selfrl srt (the same work)", *srt, bold="**"))
             rows.append(row("selfrl mgrpo (+ momentum rollouts, anchor KL, EMA)", *mg))
         md.append(table("1. selfrl vs TRL GRPOTrainer, same work (speed-up = TRL s/step ÷ this row's s/step)",
                         ["model, shape", "trainer", "s/step", "steps/s", "mean response tokens", "peak RSS MiB",
-                         "peak − RSS after imports, MiB", "speed-up vs TRL default", "speed-up vs TRL no-GC"], rows))
+                         "peak − RSS after imports, MiB", "speed-up vs TRL default", "speed-up vs TRL no-GC",
+                         "load avg before → after"], rows))
     else:
         print("\nTRL is not installed: table 1 skipped (pip install -e '.[bench]' or make bench)", flush=True)
     results["tables"]["trl"] = rows
@@ -183,6 +188,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results["seconds"] = round(time.time() - t_start)
+    results["load_start_end"] = [load_start, os.getloadavg()[0]]
+    md.insert(1, f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+                 f"({os.cpu_count()} cores).")
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     (out / "bench.md").write_text("\n".join(md) + "\n")
     print(f"\nbenchmark took {results['seconds']} s; tables in {out / 'bench.md'}")
