@@ -45,6 +45,10 @@ def prompts(n: int) -> list[str]:
 
 
 def run_selfrl(spec: dict) -> dict:
+    # selfrl imports transformers' model and tokenizer classes lazily, at load time; import them here so that the
+    # RSS baseline below holds what TRL's baseline holds (transformers imported), not less
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     from selfrl import logger as logger_mod
     from selfrl.config import Config
     from selfrl.train import train
