@@ -178,7 +178,7 @@ def main() -> None:
         grid += [("model", names[m], m, dict(T=32)) for m in (org, big["qwen2-5m"], big["qwen2-20m"])]
     for axis, value, m, fixed in grid:
         shape = {**shapes[m], **fixed, **({axis: value} if axis in "GBT" else {})}
-        s, mem, length, _ = selfrl(m, **shape)
+        s, mem, length, *_ = selfrl(m, **shape)
         rows.append([axis, f"{names[m]} B={shape['B']} G={shape['G']} T={shape['T']}", f"{s:.3f}", f"{length:.1f}",
                      f"{mem:.0f}"])
     md.append(table("5. srt step time as G, B, response length and model size grow",
