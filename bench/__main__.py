@@ -13,6 +13,8 @@ docs/performance.md, measured now, on this machine, in one run.
 Each measurement runs in a fresh process (bench/worker.py); step times are medians over the measured steps, after
 warm-up steps. Peak memory is the process's peak resident set (ru_maxrss), imports included. TRL is needed for
 table 1 only: `pip install -e '.[bench]'` (`make bench` does it); without it the other tables still run.
+On a machine shared with other work, `python -m bench.interleave` measures the headline ratios in rounds, and
+`python -m bench.profile` shows where a step's time goes.
 """
 from __future__ import annotations
 

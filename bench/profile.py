@@ -14,17 +14,17 @@ import tempfile
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Functions whose inclusive time is summed over the profile (name as pyinstrument reports it, file suffix).
+# (label, function name as pyinstrument reports it, file suffix): their inclusive times are summed over the profile.
 PARTS = [
-    ("generate", "selfrl/rollout.py"),
-    ("score", "selfrl/rollout.py"),
-    ("backward", "torch/_tensor.py"),
-    ("wrapper", "torch/optim/lr_scheduler.py"),  # the optimizer step, as the scheduler wraps it
-    ("ema_update_", "selfrl/core.py"),
-    ("extract_answer", "selfrl/tasks/arith.py"),
-    ("majority_vote", "selfrl/core.py"),
-    ("clip_grad_norm_", "torch/nn/utils/clip_grad.py"),
-    ("log", "selfrl/logger.py"),
+    ("sampling", "generate", "selfrl/rollout.py"),
+    ("scoring", "score", "selfrl/rollout.py"),
+    ("backward", "backward", "torch/_tensor.py"),
+    ("optimizer step", "wrapper", "torch/optim/lr_scheduler.py"),  # the scheduler wraps optimizer.step
+    ("EMA update", "ema_update_", "selfrl/core.py"),
+    ("extract answers", "extract_answer", "selfrl/tasks/arith.py"),
+    ("majority vote", "majority_vote", "selfrl/core.py"),
+    ("grad clipping", "clip_grad_norm_", "torch/nn/utils/clip_grad.py"),
+    ("metrics log", "log", "selfrl/logger.py"),
 ]
 
 
@@ -80,9 +80,9 @@ def main() -> None:
     total = session.duration
     print(f"{args.method}{' +IQR' if args.iqr else ''}, {args.model}, B={args.B} G={args.G} T={args.T}: "
           f"{args.steps} steps in {total:.3f} s ({total / args.steps * 1e3:.1f} ms/step)")
-    for name, path in PARTS:
+    for label, name, path in PARTS:
         t = inclusive(root, name, path)
-        print(f"  {name:<16} {t / args.steps * 1e3:8.2f} ms/step  {100 * t / total:5.1f}%")
+        print(f"  {label:<16} {t / args.steps * 1e3:8.2f} ms/step  {100 * t / total:5.1f}%")
 
 
 if __name__ == "__main__":
