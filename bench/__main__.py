@@ -13,6 +13,8 @@ docs/performance.md, measured now, on this machine, in one run.
 Each measurement runs in a fresh process (bench/worker.py); step times are medians over the measured steps, after
 warm-up steps. Peak memory is the process's peak resident set (ru_maxrss), imports included. TRL is needed for
 table 1 only: `pip install -e '.[bench]'` (`make bench` does it); without it the other tables still run.
+On a machine shared with other work, `python -m bench.interleave` measures the headline ratios in rounds, and
+`python -m bench.profile` shows where a step's time goes.
 """
 from __future__ import annotations
 
@@ -32,10 +34,12 @@ from bench.models import model_dir, parameters
 def measure(spec: dict) -> dict:
     """Run one worker process; its RESULT line, parsed. A failing worker ends the benchmark with its last lines."""
     cmd = [sys.executable, "-m", "bench.worker", json.dumps(spec)]
+    load = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
+            # the 1-minute load average before and after: on a shared machine it says how much others competed
+            return {**json.loads(line[7:]), "load": (load, os.getloadavg()[0])}
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
     raise SystemExit(f"benchmark worker failed: {json.dumps(spec)}\n{tail}")
 
@@ -66,7 +70,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in every worker (default: all cores)")
     ap.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.md")
     args = ap.parse_args()
-    t_start = time.time()
+    t_start, load_start = time.time(), os.getloadavg()[0]
     th = args.threads
     quick = args.quick
     org = model_dir("organism")
@@ -76,19 +80,21 @@ def main() -> None:
     shapes = {org: dict(B=8, G=8, T=16), big["qwen2-5m"]: dict(B=8, G=8, T=32), big["qwen2-20m"]: dict(B=8, G=8, T=32)}
     names = {org: "organism", **{v: k for k, v in big.items()}}
     results: dict = {"machine": machine(th), "tables": {}}
-    md = [f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']}; `python -m bench{' --quick' if quick else ''}`."]
+    md = [f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']}; `python -m bench{' --quick' if quick else ''} --threads {th}`."]
 
     seen: dict[str, tuple] = {}
 
     def selfrl(model, method="srt", iqr=False, **shape):
-        """(median s/step, peak RSS MiB, mean response tokens) of a selfrl run; a run already measured is reused."""
+        """(median s/step, peak RSS MiB, mean response tokens, RSS MiB after imports) of a selfrl run; a run already
+        measured is reused."""
         n, w = steps[model]
         spec = dict(kind="selfrl", model=model, method=method, iqr=iqr, steps=n, warmup=w, beta=0.005, threads=th,
                     **{**shapes[model], **shape})
         key = json.dumps(spec, sort_keys=True)
         if key not in seen:
             r = measure(spec)
-            seen[key] = med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"])
+            seen[key] = (med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"]), r["base_rss_mib"],
+                         r["load"])
         return seen[key]
 
     # 1. selfrl vs TRL -----------------------------------------------------------------------------------------
@@ -98,24 +104,30 @@ def main() -> None:
         for m in models:
             n, w = steps[m]
             base = dict(model=m, steps=n, warmup=w, beta=0.005, threads=th, **shapes[m])
-            srt_s, srt_mem, _ = selfrl(m)
-            mg_s, mg_mem, _ = selfrl(m, "mgrpo")
+            srt = selfrl(m)
+            mg = selfrl(m, "mgrpo")
             trl = {gc: measure(dict(kind="trl", gradient_checkpointing=gc, **base)) for gc in (True, False)}
             t_gc, t_nogc = med(trl[True]["step_s"]), med(trl[False]["step_s"])
             label = f"{names[m]} ({parameters(m) / 1e6:.1f}M), B={shapes[m]['B']} G={shapes[m]['G']} T={shapes[m]['T']}"
-            rows += [
-                [label, "TRL GRPOTrainer (defaults: gradient checkpointing on)", f"{t_gc:.3f}", f"{1 / t_gc:.2f}",
-                 f"{trl[True]['peak_rss_mib']:.0f}", "1.00", f"{t_nogc / t_gc:.2f}"],
-                [label, "TRL GRPOTrainer, gradient checkpointing off", f"{t_nogc:.3f}", f"{1 / t_nogc:.2f}",
-                 f"{trl[False]['peak_rss_mib']:.0f}", f"{t_gc / t_nogc:.2f}", "1.00"],
-                [label, "selfrl srt (the same work)", f"{srt_s:.3f}", f"{1 / srt_s:.2f}", f"{srt_mem:.0f}",
-                 f"**{t_gc / srt_s:.2f}**", f"**{t_nogc / srt_s:.2f}**"],
-                [label, "selfrl mgrpo (+ momentum rollouts, anchor KL, EMA)", f"{mg_s:.3f}", f"{1 / mg_s:.2f}",
-                 f"{mg_mem:.0f}", f"{t_gc / mg_s:.2f}", f"{t_nogc / mg_s:.2f}"],
-            ]
+
+            def row(trainer, s, peak, length, base_rss, load, bold=""):
+                # mean response tokens per rollout (up to and including EOS, both libraries count alike): equal
+                # lengths say both sides generated and trained on the same amount of text
+                return [label, trainer, f"{s:.3f}", f"{1 / s:.2f}", f"{length:.1f}", f"{peak:.0f}",
+                        f"{peak - base_rss:.0f}", f"{bold}{t_gc / s:.2f}{bold}", f"{bold}{t_nogc / s:.2f}{bold}",
+                        f"{load[0]:.1f} → {load[1]:.1f}"]
+
+            for gc, name in ((True, "TRL GRPOTrainer (defaults: gradient checkpointing on)"),
+                             (False, "TRL GRPOTrainer, gradient checkpointing off")):
+                r = trl[gc]
+                rows.append(row(name, med(r["step_s"]), r["peak_rss_mib"], statistics.mean(r["response_tokens"]),
+                                r["base_rss_mib"], r["load"]))
+            rows.append(row("selfrl srt (the same work)", *srt, bold="**"))
+            rows.append(row("selfrl mgrpo (+ momentum rollouts, anchor KL, EMA)", *mg))
         md.append(table("1. selfrl vs TRL GRPOTrainer, same work (speed-up = TRL s/step ÷ this row's s/step)",
-                        ["model, shape", "trainer", "s/step", "steps/s", "peak RSS MiB", "speed-up vs TRL default",
-                         "speed-up vs TRL no-GC"], rows))
+                        ["model, shape", "trainer", "s/step", "steps/s", "mean response tokens", "peak RSS MiB",
+                         "peak − RSS after imports, MiB", "speed-up vs TRL default", "speed-up vs TRL no-GC",
+                         "load avg before → after"], rows))
     else:
         print("\nTRL is not installed: table 1 skipped (pip install -e '.[bench]' or make bench)", flush=True)
     results["tables"]["trl"] = rows
@@ -123,15 +135,15 @@ def main() -> None:
     # 2. mgrpo / srt -------------------------------------------------------------------------------------------
     rows = []
     for G in (8,) if quick else (8, 16):
-        srt_s, _, _ = selfrl(org, G=G)
-        mg_s, _, _ = selfrl(org, "mgrpo", G=G)
-        iqr_s, _, _ = selfrl(org, "mgrpo", iqr=True, G=G)
+        srt_s, *_ = selfrl(org, G=G)
+        mg_s, *_ = selfrl(org, "mgrpo", G=G)
+        iqr_s, *_ = selfrl(org, "mgrpo", iqr=True, G=G)
         rows.append([f"organism, B=8 G={G} T=16", f"{srt_s:.3f}", f"{mg_s:.3f}", f"**{mg_s / srt_s:.2f}**",
                      f"{iqr_s:.3f}", f"**{iqr_s / srt_s:.2f}**"])
     if not quick:
         m = big["qwen2-20m"]
-        srt_s, _, _ = selfrl(m)
-        mg_s, _, _ = selfrl(m, "mgrpo", iqr=True)
+        srt_s, *_ = selfrl(m)
+        mg_s, *_ = selfrl(m, "mgrpo", iqr=True)
         rows.append(["qwen2-20m, B=8 G=8 T=32", f"{srt_s:.3f}", "", "", f"{mg_s:.3f}", f"**{mg_s / srt_s:.2f}**"])
     md.append(table("2. M-GRPO's cost at the same G (target: mgrpo ≤ 1.35 × srt)",
                     ["model, shape", "srt s/step", "mgrpo s/step", "mgrpo / srt", "mgrpo+IQR s/step", "mgrpo+IQR / srt"],
@@ -142,7 +154,7 @@ def main() -> None:
     rows = []
     for m in [org] if quick else [org, big["qwen2-20m"]]:
         ema = med(measure(dict(kind="ema", model=m, repeats=30, threads=th))["ema_s"])
-        mg_s, _, _ = selfrl(m, "mgrpo")
+        mg_s, *_ = selfrl(m, "mgrpo")
         rows.append([f"{names[m]} ({parameters(m) / 1e6:.1f}M)", f"{ema * 1e3:.2f}", f"{mg_s:.3f}",
                      f"**{100 * ema / mg_s:.2f}%**"])
     md.append(table("3. The momentum update (EMA) as a share of an mgrpo step (target: < 5%)",
@@ -168,7 +180,7 @@ def main() -> None:
         grid += [("model", names[m], m, dict(T=32)) for m in (org, big["qwen2-5m"], big["qwen2-20m"])]
     for axis, value, m, fixed in grid:
         shape = {**shapes[m], **fixed, **({axis: value} if axis in "GBT" else {})}
-        s, mem, length = selfrl(m, **shape)
+        s, mem, length, *_ = selfrl(m, **shape)
         rows.append([axis, f"{names[m]} B={shape['B']} G={shape['G']} T={shape['T']}", f"{s:.3f}", f"{length:.1f}",
                      f"{mem:.0f}"])
     md.append(table("5. srt step time as G, B, response length and model size grow",
@@ -178,6 +190,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results["seconds"] = round(time.time() - t_start)
+    results["load_start_end"] = [load_start, os.getloadavg()[0]]
+    md.insert(1, f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+                 f"({os.cpu_count()} cores).")
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     (out / "bench.md").write_text("\n".join(md) + "\n")
     print(f"\nbenchmark took {results['seconds']} s; tables in {out / 'bench.md'}")

@@ -27,6 +27,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def rss_mib() -> float:
+    """Resident memory now. Read after the imports and before the model is loaded, it is the baseline that makes the
+    two libraries' peaks comparable: TRL's worker also imports trl, datasets and accelerate's extras."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def prompts(n: int) -> list[str]:
     """The first n arith training questions, formatted as the task formats them (the same text in both libraries)."""
     from selfrl.tasks.arith import ArithTask
@@ -36,6 +45,10 @@ def prompts(n: int) -> list[str]:
 
 
 def run_selfrl(spec: dict) -> dict:
+    # selfrl imports transformers' model and tokenizer classes lazily, at load time; import them here so that the
+    # RSS baseline below holds what TRL's baseline holds (transformers imported), not less
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     from selfrl import logger as logger_mod
     from selfrl.config import Config
     from selfrl.train import train
@@ -49,6 +62,7 @@ def run_selfrl(spec: dict) -> dict:
         return log(self, step, metrics)
 
     logger_mod.MetricsLogger.log = stamped
+    base = rss_mib()
     with tempfile.TemporaryDirectory() as out:
         cfg = Config(model=spec["model"], task="arith", method=spec["method"], iqr_filter=spec.get("iqr", False),
                      output_dir=out, max_steps=spec["warmup"] + spec["steps"], prompts_per_step=spec["B"],
@@ -61,7 +75,7 @@ def run_selfrl(spec: dict) -> dict:
     # the last step also evaluates; its logged time/step_s excludes that, so use it for the final interval
     times[-1] = stamps[-1][1]["time/step_s"]
     return {"step_s": times, "internal_step_s": [m["time/step_s"] for _, m in stamps[w:]],
-            "response_tokens": [m["policy/response_length"] for _, m in stamps[w:]]}
+            "response_tokens": [m["policy/response_length"] for _, m in stamps[w:]], "base_rss_mib": base}
 
 
 def run_trl(spec: dict) -> dict:
@@ -74,6 +88,7 @@ def run_trl(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     B, G, n = spec["B"], spec["G"], spec["warmup"] + spec["steps"]
+    base = rss_mib()
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     data = Dataset.from_dict({"prompt": prompts(B * (n + 1))})
@@ -91,13 +106,16 @@ def run_trl(spec: dict) -> dict:
             learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=0.1, max_grad_norm=1.0, epsilon=0.2,
             loss_type="dapo", scale_rewards="group", use_cpu=True, bf16=False, report_to="none",
             gradient_checkpointing=spec["gradient_checkpointing"],
-            logging_steps=10**9, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+            # logging every step, as selfrl's worker does: TRL's per-step completions/mean_length shows it did the same work
+            logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
         )
         trainer = GRPOTrainer(model=model, reward_funcs=[trl_majority_vote], args=args, train_dataset=data,
                               processing_class=tokenizer, callbacks=[Stamp()])
         trainer.train()
     w = spec["warmup"]
-    return {"step_s": [b - a for a, b in zip(stamps[w - 1 : -1], stamps[w:])]}
+    logged = [h for h in trainer.state.log_history if "completions/mean_length" in h]  # one per step
+    return {"step_s": [b - a for a, b in zip(stamps[w - 1 : -1], stamps[w:])], "base_rss_mib": base,
+            "response_tokens": [h["completions/mean_length"] for h in logged[w:]]}
 
 
 def run_generate(spec: dict) -> dict:
