@@ -190,11 +190,13 @@ def length_buckets(lengths: list[int], overhead: float = 0.05) -> list[list[int]
     return [order[a:b] for a, b in zip(best, best[1:])]
 
 
-def score(model, rollouts: Rollouts, temperature: float = 1.0,
-          prompt_of: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def score(model, rollouts: Rollouts, temperature: float = 1.0, prompt_of: torch.Tensor | None = None,
+          stats: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-token log-probs, entropies and self-certainties of the response tokens under `model` at `temperature`.
 
-    Returns (logp, entropy, certainty), each (N, T); entropy and certainty are detached; values on padding are
+    Returns (logp, entropy, certainty), each (N, T); entropy and certainty are detached, and None with
+    stats=False: the trainer's passes need log-probs only, and the two statistics each take a softmax-sized
+    (n, t, V) temporary, the largest allocation of a pass over a 150k vocabulary. Values on padding are
     meaningless (zero), mask them with response_mask. Runs with or without grad depending on the caller's context.
     Positions come from the attention mask, as in generate, so left padding does not shift them.
 
@@ -232,13 +234,15 @@ def score(model, rollouts: Rollouts, temperature: float = 1.0,
                          past_key_values=sub, use_cache=True).logits  # (n, t-1, V) predicts tokens 1..t-1
             logits = torch.cat([logits, rest], dim=1)  # (n, t, V)
         logits = logits / temperature
-        # Intuitor's self-certainty is read from the same temperature-scaled distribution the rollout was sampled from.
-        detached = logits.detach()
-        three = torch.stack([token_logprobs(logits, ids[r, P : P + t]), token_entropy(detached),
-                             self_certainty(detached)])  # (3, n, t)
-        parts.append(torch.nn.functional.pad(three, (0, T - t)))
+        logp = token_logprobs(logits, ids[r, P : P + t])  # (n, t)
+        if stats:  # Intuitor's self-certainty: from the temperature-scaled distribution the rollout was sampled from
+            detached = logits.detach()
+            part = torch.stack([logp, token_entropy(detached), self_certainty(detached)])  # (3, n, t)
+        else:
+            part = logp[None]  # (1, n, t)
+        parts.append(torch.nn.functional.pad(part, (0, T - t)))
         rows_out += rows
     inverse = torch.empty(len(rows_out), dtype=torch.long, device=ids.device)
     inverse[torch.tensor(rows_out, device=ids.device)] = torch.arange(len(rows_out), device=ids.device)
-    logp, ent, cert = torch.cat(parts, dim=1)[:, inverse]  # (3, N, T) back in row order
-    return logp, ent, cert
+    out = torch.cat(parts, dim=1)[:, inverse]  # (3 or 1, N, T) back in row order
+    return (out[0], out[1], out[2]) if stats else (out[0], None, None)

@@ -482,7 +482,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         anchor_kl = float("nan")
         if N:  # how far the policy has moved from its anchor, on the trained rollouts (a logged, label-free signal)
             with torch.no_grad(), amp, as_momentum(s) as momentum:
-                k_logp, _, _ = score(momentum, trained, cfg.temperature, prompt_of)
+                k_logp, _, _ = score(momentum, trained, cfg.temperature, prompt_of, stats=False)
             anchor_kl = core.masked_mean(core.k3_kl(trained.logp, k_logp), resp_mask).item()
         # 6. GRPO update (one per rollout batch: old log-probs are the current ones, detached), with grad only through
         #    the rows that carry gradient: a filtered row has no loss tokens, and with beta = 0 a row whose advantage
@@ -492,11 +492,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
         live = live.nonzero().squeeze(1) if live.any() else torch.zeros(1, dtype=torch.long, device=device)
         part = trained.take(live.cpu())
         with amp:
-            logp, _, _ = score(model, part, cfg.temperature, prompt_of[live])  # (n, T) with grad
+            logp, _, _ = score(model, part, cfg.temperature, prompt_of[live], stats=False)  # (n, T) with grad
         ref_logp = None
         if cfg.beta > 0:
             with torch.no_grad(), amp, as_reference(s) as ref:
-                ref_logp, _, _ = score(ref, part, cfg.temperature, prompt_of[live])
+                ref_logp, _, _ = score(ref, part, cfg.temperature, prompt_of[live], stats=False)
         #    With several processes the denominator is the global token count: each process's loss is its share
         #    of the 1-process loss, and the sum of their gradients is that loss's gradient (selfrl/distributed.py).
         with amp:

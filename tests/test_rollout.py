@@ -68,6 +68,8 @@ def test_score_equals_one_plain_forward_pass(tiny):
         logp, ent, _ = score(model, ro, 1.0, prompt_of)
         assert torch.allclose(logp[mask], ref_logp[mask], atol=1e-4)
         assert torch.allclose(ent[mask], ref_ent[mask], atol=1e-4)
+        only, none_ent, none_cert = score(model, ro, 1.0, prompt_of, stats=False)  # the trainer's log-prob passes
+        assert torch.equal(only, logp) and none_ent is None and none_cert is None
     # The entropy recorded while sampling is the same quantity, so the IQR filter needs no forward pass.
     assert torch.allclose(ro.entropy[mask], ref_ent[mask], atol=1e-4)
     assert (ro.entropy[~mask] == 0).all()
