@@ -39,8 +39,8 @@ def main() -> None:
     from pyinstrument import Profiler
 
     from bench.models import model_dir
+    from bench.worker import selfrl_config
     from selfrl import logger as logger_mod
-    from selfrl.config import Config
     from selfrl.train import train
 
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
@@ -68,12 +68,9 @@ def main() -> None:
     logger_mod.MetricsLogger.log = toggled
     with tempfile.TemporaryDirectory() as out:
         path = args.model if os.path.isdir(args.model) else model_dir(args.model)
-        cfg = Config(model=path, task="arith", method=args.method, iqr_filter=args.iqr,
-                     output_dir=out, max_steps=2 + args.steps, prompts_per_step=args.B, num_generations=args.G,
-                     max_completion_length=args.T, temperature=1.0, learning_rate=1e-6, beta=0.005,
-                     eval_every=10**9, eval_limit=1, save_every=0, gold_diagnostics=False, progress=False,
-                     report_to="none", torch_threads=args.threads)
-        train(cfg)
+        spec = dict(model=path, method=args.method, iqr=args.iqr, warmup=2, steps=args.steps, B=args.B, G=args.G,
+                    T=args.T, beta=0.005, threads=args.threads)
+        train(selfrl_config(spec, out))
     session = profiler.last_session
     print(profiler.output_text(unicode=True, color=False, show_all=False, time="seconds"))
     root = session.root_frame()

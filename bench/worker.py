@@ -44,13 +44,24 @@ def prompts(n: int) -> list[str]:
     return [task.format_prompt(q) for q in task.train_prompts()[:n]]
 
 
+def selfrl_config(spec: dict, out: str):
+    """The selfrl run every benchmark measures (bench.worker, bench.profile): the spec's model, method and shape,
+    temperature 1, one update per batch, no evaluation or checkpoint until the end, nothing logged but metrics.jsonl."""
+    from selfrl.config import Config
+
+    return Config(model=spec["model"], task="arith", method=spec["method"], iqr_filter=spec.get("iqr", False),
+                  output_dir=out, max_steps=spec["warmup"] + spec["steps"], prompts_per_step=spec["B"],
+                  num_generations=spec["G"], max_completion_length=spec["T"], temperature=1.0,
+                  learning_rate=1e-6, beta=spec["beta"], eval_every=10**9, eval_limit=1, save_every=0,
+                  gold_diagnostics=False, progress=False, report_to="none", torch_threads=spec["threads"])
+
+
 def run_selfrl(spec: dict) -> dict:
     # selfrl imports transformers' model and tokenizer classes lazily, at load time; import them here so that the
     # RSS baseline below holds what TRL's baseline holds (transformers imported), not less
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     from selfrl import logger as logger_mod
-    from selfrl.config import Config
     from selfrl.train import train
 
     stamps = []
@@ -64,12 +75,7 @@ def run_selfrl(spec: dict) -> dict:
     logger_mod.MetricsLogger.log = stamped
     base = rss_mib()
     with tempfile.TemporaryDirectory() as out:
-        cfg = Config(model=spec["model"], task="arith", method=spec["method"], iqr_filter=spec.get("iqr", False),
-                     output_dir=out, max_steps=spec["warmup"] + spec["steps"], prompts_per_step=spec["B"],
-                     num_generations=spec["G"], max_completion_length=spec["T"], temperature=1.0,
-                     learning_rate=1e-6, beta=spec["beta"], eval_every=10**9, eval_limit=1, save_every=0,
-                     gold_diagnostics=False, progress=False, report_to="none", torch_threads=spec["threads"])
-        train(cfg)
+        train(selfrl_config(spec, out))
     w = spec["warmup"]
     times = [b[0] - a[0] for a, b in zip(stamps[w - 1 : -1], stamps[w:])]
     # the last step also evaluates; its logged time/step_s excludes that, so use it for the final interval

@@ -288,7 +288,7 @@ def rollouts(s: Setup, which: str, batch: dict, k: int, noise: torch.Tensor | No
         if s.sampler is None:
             return generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature, noise=noise)
         adapter = lora.MOMENTUM if which == "momentum" else lora.POLICY  # read only with LoRA
-        s.sampler.load(which, vllm_backend.engine_weights(model, adapter))
+        s.sampler.load(vllm_backend.engine_weights(model, adapter))
         return s.sampler.generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature)
 
 

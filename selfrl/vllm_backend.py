@@ -7,14 +7,15 @@ would sample from a stale copy, and M-GRPO would silently become SRT (methods.md
 on CPU, with an engine double that runs the HF model on the weights it was sent, that the weights in the engine at
 each generation are the current ones.
 
-What vLLM returns is each sampled token and its log-prob; the IQR filter needs each token's entropy, which vLLM
-does not report, so the rollouts are scored once under the generating model (`rollout.score`, no grad) to fill in
-entropy, log-prob and self-certainty exactly as the HF sampler records them. That is one forward pass over the
-rollouts per model, the price of vLLM's much faster sampling on long responses.
+vLLM returns the sampled tokens. The IQR filter needs each token's entropy, which vLLM does not report, so the
+rollouts are scored once under the generating model (`rollout.score`, no grad) to fill in entropy, log-prob and
+self-certainty exactly as the HF sampler records them; vLLM's own sampled-token log-probs are not requested, since
+that pass computes them anyway. That is one forward pass over the rollouts per model, the price of vLLM's much
+faster sampling on long responses.
 
-Weights go in by name through the model runner's `load_weights`, as TRL's colocate mode does; with LoRA the
-adapter is merged for the transfer (peft `merge_adapter` / `unmerge_adapter`) and the base names restored, so the
-engine always holds a plain model.
+Weights go in by name through the model runner's `load_weights`, as TRL's colocate mode does; with LoRA each base
+weight goes with the adapter's delta added (`engine_weights`) under the base's own names, so the engine always
+holds a plain model.
 """
 from __future__ import annotations
 
@@ -43,8 +44,7 @@ def make_engine(model_path: str, gpu_memory_utilization: float, max_model_len: i
                        ("MASTER_PORT", "29517")):
         os.environ.setdefault(key, value)
     return LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-               seed=seed, distributed_executor_backend="external_launcher", logprobs_mode="processed_logprobs",
-               enable_prefix_caching=True)
+               seed=seed, distributed_executor_backend="external_launcher", enable_prefix_caching=True)
 
 
 def sampling_params(**kwargs):
@@ -55,29 +55,29 @@ def sampling_params(**kwargs):
 
 @dataclass
 class VLLMSampler:
-    """A colocated engine and what it currently holds; `load` and `generate` are all the trainer calls."""
+    """A colocated engine; `load` and `generate` are all the trainer calls."""
 
     engine: object  # vllm.LLM (or a test double with the same methods and `llm_engine` path)
-    holds: str | None = None  # "policy" or "momentum": whose weights were loaded last
 
-    def load(self, tag: str, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+    def load(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         runner_model = self.engine.llm_engine.model_executor.driver_worker.model_runner.model
         runner_model.load_weights(weights)
         self.engine.reset_prefix_cache()  # cached prompt KV of the previous weights must not be reused
-        self.holds = tag
 
     def generate(self, model, tokenizer, prompt_batch: dict[str, torch.Tensor], num_samples: int, max_new_tokens: int,
                  temperature: float) -> Rollouts:
-        """`num_samples` completions per prompt by pure sampling (top_k 0 = off, as TRL passes it; top_p 1), as `rollout.generate` returns
-        them; entropy, log-prob and self-certainty come from scoring under `model`, the model the engine holds."""
+        """`num_samples` completions per prompt by pure sampling (top_k 0 = off, as TRL passes it; top_p 1), as
+        `rollout.generate` returns them; entropy, log-prob and self-certainty come from scoring under `model`, the
+        model the engine holds."""
         ids, mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]  # (B, P) left-padded
         prompts = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(ids, mask)]
         seed = int(torch.randint(2**31 - 1, ()))  # from the step's torch seed: a resumed step samples the same
+        stop = eos_ids(model, tokenizer)
         params = sampling_params(n=num_samples, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
-                             seed=seed, stop_token_ids=eos_ids(model, tokenizer), logprobs=0)
+                                 seed=seed, stop_token_ids=stop)
         outs = self.engine.generate(prompts, sampling_params=params, use_tqdm=False)
         seqs = [list(o.token_ids) for out in outs for o in out.outputs]  # (B*k) prompt-major, EOS included
-        rollouts = to_rollouts(seqs, ids, mask, num_samples, tokenizer, eos_ids(model, tokenizer), max_new_tokens)
+        rollouts = to_rollouts(seqs, ids, mask, num_samples, tokenizer, stop, max_new_tokens)
         with torch.no_grad():
             prompt_of = torch.arange(len(outs), device=ids.device).repeat_interleave(num_samples)
             logp, entropy, certainty = score(model, rollouts, temperature, prompt_of)

@@ -155,7 +155,7 @@ def test_real_vllm_engine_trains_and_holds_the_current_ema(tiny_model_dir, tmp_p
     train(cfg)
     assert read_metrics(run)[-1]["step"] == 2
     s = setup(load_config(run / "config.yaml", [f"output_dir={run}"]), resume=True)
-    s.sampler.load("momentum", vllm_backend.engine_weights(s.momentum, lora.MOMENTUM))
+    s.sampler.load(vllm_backend.engine_weights(s.momentum, lora.MOMENTUM))
     held = dict(s.sampler.engine.llm_engine.model_executor.driver_worker.model_runner.model.named_parameters())
     ema = load_file(run / "step_000002" / "momentum.safetensors")
     name = "model.layers.0.mlp.down_proj.weight"  # a weight vLLM keeps unfused under its HF name
