@@ -13,7 +13,7 @@ SIZES = {
 
 def model_dir(name: str) -> str:
     """A local model directory for `name` ("organism" or a key of SIZES), built on first use and cached."""
-    from selfrl.models import cache_dir, organism_path
+    from selfrl.organism import cache_dir, organism_path
 
     if name == "organism":
         return str(organism_path())
@@ -27,7 +27,7 @@ def _build(name: str, out: Path) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from selfrl.models import build_tokenizer
+    from selfrl.organism import build_tokenizer
 
     hidden, inter, layers, heads = SIZES[name]
     tok = build_tokenizer()

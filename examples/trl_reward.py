@@ -23,7 +23,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-from selfrl.models import organism_path
+from selfrl.organism import organism_path
 from selfrl.rewards import MajorityVoteReward, PooledVoteReward, SelfCertaintyReward
 from selfrl.rollout import encode_prompts, generate
 from selfrl.tasks import load_task, render_prompt

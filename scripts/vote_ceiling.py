@@ -13,7 +13,8 @@ import torch
 
 from selfrl import core
 from selfrl.evaluate import greedy_accuracy
-from selfrl.models import load_model, organism_path
+from selfrl.models import load_model
+from selfrl.organism import organism_path
 from selfrl.rollout import encode_prompts, generate
 from selfrl.tasks import load_task
 

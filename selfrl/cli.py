@@ -46,7 +46,7 @@ def resolve_model_dir(path: str) -> str:
     """'organism' -> the built-in organism; a run directory -> its latest checkpoint's policy; a step_* checkpoint ->
     its policy; else unchanged."""
     from selfrl.checkpoint import latest_checkpoint
-    from selfrl.models import organism_path
+    from selfrl.organism import organism_path
 
     if path == "organism":
         return str(organism_path())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from selfrl.checkpoint import latest_checkpoint
 from selfrl.config import load_config
-from selfrl.models import organism_path
+from selfrl.organism import organism_path
 from selfrl.report import write_report
 from selfrl.train import train
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from selfrl.checkpoint import latest_checkpoint, read_pointers
 from selfrl.config import load_config
 from selfrl.logger import read_metrics
-from selfrl.models import OrganismSpec, organism_path
+from selfrl.organism import OrganismSpec, organism_path
 from selfrl.safety import BASELINE, regressions
 from selfrl.tasks.arith import ArithTask, make_splits
 

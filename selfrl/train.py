@@ -72,7 +72,8 @@ from selfrl.evaluate import greedy_accuracy
 from selfrl.detector import CollapseDetector
 from selfrl.logger import MetricsLogger, NullLogger, read_metrics
 from selfrl.mitigations import easiest, start_model_votes
-from selfrl.models import load_model, organism_path
+from selfrl.models import load_model
+from selfrl.organism import organism_path
 from selfrl.rollout import Rollouts, cat_rollouts, encode_prompts, generate, score
 from selfrl.safety import ProbeGate, describe, last_promoted
 from selfrl.tasks import load_task, with_chat_template

@@ -15,7 +15,7 @@ TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atten
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A ~40k-parameter Qwen2 organism on disk; it writes well-formed but mostly wrong answers (rewards vary)."""
-    from selfrl.models import OrganismSpec, train_organism
+    from selfrl.organism import OrganismSpec, train_organism
 
     out = tmp_path_factory.mktemp("tiny_model")
     train_organism(OrganismSpec(**TINY), out, progress=False)

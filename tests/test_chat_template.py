@@ -7,7 +7,7 @@ import pytest
 
 from selfrl.config import load_config
 from selfrl.errors import ModelError
-from selfrl.models import build_tokenizer
+from selfrl.organism import build_tokenizer
 from selfrl.tasks import ChatTemplateTask, load_task, render_prompt, use_chat_template, with_chat_template
 from tests.conftest import tiny_sets
 

@@ -25,7 +25,7 @@ def test_refusal_organism_data_and_probes(tmp_path):
 
 
 def test_refusal_organism_is_cached_beside_the_plain_one(tmp_path, monkeypatch):
-    from selfrl.models import OrganismSpec, organism_path
+    from selfrl.organism import OrganismSpec, organism_path
     from selfrl.refusal import refusal_pairs
 
     monkeypatch.setenv("SELFRL_CACHE", str(tmp_path))
@@ -36,7 +36,7 @@ def test_refusal_organism_is_cached_beside_the_plain_one(tmp_path, monkeypatch):
         out.mkdir(parents=True)
         (out / "organism.json").write_text("{}")
 
-    monkeypatch.setattr("selfrl.models.train_organism", fake_train)
+    monkeypatch.setattr("selfrl.organism.train_organism", fake_train)
     plain = organism_path(progress=False)
     variant = organism_path(progress=False, extra_pairs=refusal_pairs())
     assert plain.name == f"organism-{OrganismSpec().key()}"  # the plain organism's cache key is unchanged
