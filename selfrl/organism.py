@@ -49,12 +49,13 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def build_tokenizer():
+def build_tokenizer(chars: str = CHARS):
+    """A character-level tokenizer: <pad>, <eos>, <unk>, then one token per character of `chars`."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for c in CHARS:
+    for c in chars:
         vocab[c] = len(vocab)
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
@@ -62,7 +63,7 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
-def build_model(spec: OrganismSpec, vocab_size: int):
+def build_model(spec: OrganismSpec, vocab_size: int, max_positions: int = 64):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
@@ -72,7 +73,7 @@ def build_model(spec: OrganismSpec, vocab_size: int):
         num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_attention_heads,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         pad_token_id=0,
         eos_token_id=1,
