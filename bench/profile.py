@@ -1,6 +1,6 @@
 """Where a training step's time goes: `python -m bench.profile [srt|mgrpo] [--model organism] [--steps 6]`.
 
-Runs the real trainer (selfrl.train.train) on the bench's shape (B=8 prompts, G=8 samples, T=16 tokens,
+Runs the real trainer (selfrl.grpo.train) on the bench's shape (B=8 prompts, G=8 samples, T=16 tokens,
 beta=0.005) under pyinstrument (`pip install pyinstrument`) and prints the call tree of the steps after the first
 (the first step also pays for lazy imports and allocator warm-up) except the last (it also evaluates and saves a
 checkpoint), then the share of the measured time spent in
@@ -41,7 +41,7 @@ def main() -> None:
     from bench.models import model_dir
     from bench.worker import selfrl_config
     from selfrl import logger as logger_mod
-    from selfrl.train import train
+    from selfrl.grpo import train
 
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("method", nargs="?", default="srt", choices=["srt", "mgrpo"])

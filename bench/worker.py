@@ -47,7 +47,7 @@ def prompts(n: int) -> list[str]:
 def selfrl_config(spec: dict, out: str):
     """The selfrl run every benchmark measures (bench.worker, bench.profile): the spec's model, method and shape,
     temperature 1, one update per batch, no evaluation or checkpoint until the end, nothing logged but metrics.jsonl."""
-    from selfrl.config import Config
+    from selfrl.grpo_config import Config
 
     return Config(model=spec["model"], task="arith", method=spec["method"], iqr_filter=spec.get("iqr", False),
                   output_dir=out, max_steps=spec["warmup"] + spec["steps"], prompts_per_step=spec["B"],
@@ -62,7 +62,7 @@ def run_selfrl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     from selfrl import logger as logger_mod
-    from selfrl.train import train
+    from selfrl.grpo import train
 
     stamps = []
     log = logger_mod.MetricsLogger.log

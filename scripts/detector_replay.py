@@ -16,7 +16,7 @@ import yaml
 
 from selfrl.detector import CollapseDetector
 from selfrl.logger import read_metrics
-from selfrl.report import collapse_events
+from selfrl.lab.report import collapse_events
 
 
 def first_alarm(rows: list[dict], window: int, min_signals: int) -> int | None:

@@ -24,8 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def child(model: str, use_peft: bool) -> dict:
     import torch
 
-    from selfrl.config import Config
-    from selfrl.train import setup, train
+    from selfrl.grpo_config import Config
+    from selfrl.grpo import train
+    from selfrl.run import setup
 
     def nbytes(tensors) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)

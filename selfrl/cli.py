@@ -20,14 +20,13 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(args) -> None:
-    from selfrl.config import load_config
-    from selfrl.train import train
+    from selfrl.grpo_config import load_config
+    from selfrl.grpo import train
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise SelfRLError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
-        cfg = load_config(run_dir / "config.yaml", (args.set or []) + [f"output_dir={run_dir}"])
+        from selfrl.run import resume_config
+
+        cfg = resume_config(Path(args.resume), args.set or [])
     else:
         cfg = load_config(args.config, args.set)  # no CONFIG: the defaults, with --set on top
     out = train(cfg, resume=bool(args.resume))
@@ -140,19 +139,19 @@ def cmd_export(args) -> None:
 
 
 def cmd_safety_demo(args) -> None:
-    from selfrl.refusal import run_safety_demo
+    from selfrl.lab.refusal import run_safety_demo
 
     run_safety_demo(args.out, args.set)
 
 
 def cmd_demo(args) -> None:
-    from selfrl.demo import run_demo
+    from selfrl.lab.demo import run_demo
 
     run_demo(args.out, args.set)
 
 
 def cmd_report(args) -> None:
-    from selfrl.report import write_report
+    from selfrl.lab.report import write_report
 
     out = args.out or (Path(args.runs[0]).parent if len(args.runs) > 1 else Path(args.runs[0]))
     print(write_report([Path(r) for r in args.runs], Path(out)))
@@ -160,7 +159,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_study(args) -> None:
-    from selfrl.study import run_study
+    from selfrl.lab.study import run_study
 
     out, outcomes = run_study(args.config, args.out, args.quick, args.only, args.set, args.report_only)
     print(f"written: {out / 'report.md'}, {out / 'curves.png'}, {out / 'summary.json'}")
@@ -170,7 +169,7 @@ def cmd_study(args) -> None:
 
 
 def cmd_config(args) -> None:
-    from selfrl.config import Config, field_docs, load_config
+    from selfrl.grpo_config import Config, field_docs, load_config
 
     cfg = load_config(args.config, args.set) if (args.config or args.set) else Config()
     docs = field_docs()
@@ -237,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="where to write report.md and report.png")
     r.set_defaults(func=cmd_report)
     st = sub.add_parser("study", help="methods x seeds from one start, in sequence and resumable, then one report")
-    st.add_argument("config", help="study YAML file (docs in selfrl/study.py), or a built-in name: quick")
+    st.add_argument("config", help="study YAML file (docs in selfrl/lab/study.py), or a built-in name: quick")
     st.add_argument("--out", help="study directory (default: the file's output_dir; with --quick, that + '_quick')")
     st.add_argument("--quick", action="store_true", help="apply the file's quick: overrides (a smoke pass)")
     st.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (the report still covers all)")

@@ -1,289 +1,27 @@
-"""One flat run configuration. YAML overrides known fields; `--set key=value` goes on top.
+"""The generic config loader every loop uses: defaults <- YAML file <- `--set key=value`, then validated.
 
-Defaults are the M-GRPO paper's (arXiv 2512.13070, methods.md §1) unless a field says otherwise. Option names
-follow TRL's GRPOConfig where TRL has the same option (`num_generations`, `temperature`, `beta`, `epsilon`,
-`learning_rate`, ...); options TRL lacks take the paper's names (`ema_decay`, `num_momentum_generations`, `iqr_k`).
+Each loop owns one flat dataclass (the RL loop's is selfrl/grpo_config.py's `Config`), with a one-line docstring
+under each field and a `validate()` that raises ConfigError naming the first bad field. `load(cls, path, sets)`
+serves any such dataclass: a YAML key or --set key that is not a field is an error that names it and suggests the
+closest field (nanoGPT's configurator), and every value is checked against the field's annotation.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
-import math
+import inspect
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from selfrl.errors import ConfigError
-from selfrl.logger import parse_report_to
-
-METHODS = ("oracle", "srt", "ttrl", "mgrpo", "intuitor")
-DETECTOR_ACTIONS = ("off", "alarm", "rollback", "stop")
 
 
-@dataclass
-class Config:
-    # --- what to train -------------------------------------------------------------------------------------
-    model: str = "organism"
-    """Local path or hub id of an AutoModelForCausalLM, or "organism" for the built-in CPU model organism."""
-    task: str = "arith"
-    """Built-in task name ("arith") or a task file: "path/to/file.py:ClassName" or "package.module:ClassName"."""
-    train_file: str | None = None
-    """Training prompts replacing the task's own: a .jsonl, .parquet or .csv file or a hub dataset id org/name[:split] (the task still formats, extracts and evaluates)."""
-    prompt_column: str = "prompt"
-    """Column (JSONL: field) of train_file holding the prompt text, e.g. "problem" for MATH."""
-    answer_column: str | None = None
-    """Column of train_file holding gold answers, read by oracle and diagnostics only (None: "answer" when present)."""
-    apply_chat_template: bool | None = None
-    """Render each formatted prompt as a user turn of the tokenizer's chat template (None: when it has one; true: required)."""
-    method: str = "mgrpo"
-    """oracle (RL on gold answers: uses labels), srt, ttrl, mgrpo or intuitor (self-certainty reward) (label-free)."""
-    output_dir: str = "runs/run"
-    """Run directory: resolved config, metrics.jsonl, TensorBoard events, checkpoints."""
-    seed: int = 0
-    """Seeds data order, sampling and initialisation; step s samples with seed (seed, s), so resume replays it."""
-    seed_per_prompt: bool = False
-    """Sample each prompt's rollouts from their own seed (seed, step, place in the data stream), so they do not depend on how a step's prompts are split across processes; always on with several processes."""
-
-    # --- rollouts ------------------------------------------------------------------------------------------
-    prompts_per_step: int = 8
-    """B: prompts per training step (M-GRPO paper: 8; SRT paper: 16)."""
-    num_generations: int = 32
-    """G: rollouts per prompt. For mgrpo this is the pooled group, N from the momentum model and G − N from the policy."""
-    num_momentum_generations: int | None = None
-    """N for mgrpo: rollouts per prompt from the momentum model (default G/4; paper: 8 of 32)."""
-    num_votes: int = 64
-    """ttrl only: samples that vote; the first `num_generations` of them are trained (TTRL code: 64 / 32)."""
-    temperature: float = 1.1
-    """Sampling temperature for rollouts (M-GRPO: 1.1; SRT: 1.0; MM-UPT: 0.7)."""
-    max_completion_length: int = 3072
-    """Maximum response tokens per rollout (M-GRPO paper: 3072)."""
-
-    # --- M-GRPO anchor and filter --------------------------------------------------------------------------
-    ema_decay: float = 0.99
-    """m: momentum model update θk ← m·θk + (1 − m)·θq after every optimizer step."""
-    iqr_filter: bool = False
-    """Drop low-entropy trajectories per prompt (H < Q1 − k·IQR) from the vote and the loss. Opt-in on any voting method."""
-    iqr_k: float = 0.75
-    """k of the IQR filter (paper: 0.75)."""
-
-    # --- SRT's mitigations (arXiv 2505.21444, methods.md §2) ----------------------------------------------------
-    offline_labels: bool = False
-    """Train against pseudo-labels voted once by the frozen start model over the training prompts (label-free)."""
-    curriculum_fraction: float | None = None
-    """Keep only this fraction of training prompts, the easiest by the start model's majority share (paper: 1/3; label-free)."""
-    start_votes: int | None = None
-    """Samples per prompt in the start model's vote for offline_labels / curriculum_fraction (None: num_generations)."""
-    online_filter: float | None = None
-    """Drop prompts whose majority share is below this and refill the batch from further draws (paper: 0.6; label-free)."""
-    online_filter_max_draws: int = 4
-    """Most prompt draws of prompts_per_step per step while refilling; a step trains on the prompts that passed."""
-    early_stopping_patience: int | None = None
-    """Stop after this many evaluations without a gain on a small LABELLED split, restoring the best (uses labels)."""
-    early_stopping_split: str = "test"
-    """Labelled split the early stopping reads (disjoint from val, which reports the result)."""
-    early_stopping_examples: int = 40
-    """Examples of that split read by early stopping (1% of arith's 4000 training prompts, as in SRT)."""
-
-    # --- label-free collapse detection (issue 3, selfrl/detector.py) -------------------------------------------
-    collapse_detector: str = "off"
-    """off, alarm (log only), rollback (to the last healthy checkpoint, then continue gentler) or stop (roll back, end)."""
-    detector_window: int = 20
-    """Steps in the detector's moving averages and in its baseline (the run's first window)."""
-    detector_min_signals: int = 2
-    """Signals that must fire at once for an alarm (reward jump, majority share, unanimity, entropy, diversity, anchor KL)."""
-    rollback_lr_factor: float = 0.5
-    """After a detector rollback, the learning rate is multiplied by this."""
-    rollback_ema_decay: float | None = None
-    """After a detector rollback, mgrpo's ema_decay becomes this (e.g. 0.995; None: unchanged)."""
-    max_rollbacks: int = 3
-    """Detector rollbacks allowed; the next alarm rolls back and stops the run."""
-
-    # --- optimisation --------------------------------------------------------------------------------------
-    learning_rate: float = 1e-6
-    """AdamW learning rate (M-GRPO and SRT papers: 1e-6 for 4B-7B models; the organism needs far more)."""
-    lr_scheduler_type: str = "cosine"
-    """cosine or constant (M-GRPO: cosine with warm-up)."""
-    warmup_ratio: float = 0.1
-    """Share of max_steps spent in linear warm-up (M-GRPO: 0.1)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay (TRL default)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm (TRL default)."""
-    beta: float = 0.005
-    """KL coefficient to the frozen start model, k3 estimator (M-GRPO: 0.005; SRT: 0.001). 0 skips the reference model."""
-    epsilon: float = 0.2
-    """PPO clip range of the surrogate (GRPO: 0.2)."""
-    max_steps: int = 200
-    """Training steps (one optimizer update per rollout batch)."""
-
-    # --- evaluation, logging, checkpoints ------------------------------------------------------------------
-    eval_every: int = 20
-    """Greedy accuracy on the labelled validation split every this many steps (and at step 0)."""
-    eval_limit: int | None = None
-    """Evaluate on at most this many validation examples (None: all)."""
-    eval_batch_size: int = 256
-    """Prompts per greedy evaluation batch."""
-    save_every: int = 100
-    """Checkpoint every this many steps (and at the last step). 0 disables periodic checkpoints."""
-    save_total_limit: int | None = 3
-    """Keep the newest this many checkpoints plus the pinned ones (best by validation, last healthy); None keeps all."""
-    max_skipped_steps: int = 3
-    """A step whose loss or gradient is NaN/inf is skipped and logged; this many in a row stop the run."""
-    gold_diagnostics: bool = True
-    """Log reward/true and reward/label_accuracy from gold training answers, outside the reward path, when the task has them."""
-    probes: str | None = None
-    """JSONL probe file scored at every evaluation and checkpoint; a checkpoint is promoted only if it passes (None: off)."""
-    probe_tolerance: float = 0.05
-    """Largest drop of any probe category's score below the start model's that still passes the gate (absolute)."""
-    gate_action: str = "continue"
-    """On a probe regression at a checkpoint: continue (no promotion), rollback (to the promoted checkpoint) or stop."""
-    report_to: str = "tensorboard"
-    """tensorboard, wandb, mlflow, a comma list of them, or none; a missing package only warns. metrics.jsonl is always written."""
-    progress: bool = True
-    """Show progress bars."""
-
-    # --- LoRA through peft (issue 5) ------------------------------------------------------------------------
-    use_peft: bool = False
-    """Train LoRA adapters on a frozen base (TRL's name); mgrpo's momentum model is then an EMA of the adapters alone."""
-    lora_r: int = 16
-    """LoRA rank (TRL's ModelConfig default)."""
-    lora_alpha: int = 32
-    """LoRA alpha (TRL's ModelConfig default)."""
-    lora_dropout: float = 0.0
-    """LoRA dropout. 0, not TRL's 0.05: rollouts are sampled in train mode, and dropout would make each sample's network differ."""
-    lora_target_modules: str | None = None
-    """Comma-separated module names, or all-linear (None: peft's default for the architecture, q_proj,v_proj for Qwen2)."""
-
-    # --- vLLM rollouts (issue 5; GPU only, the `vllm` extra) -----------------------------------------------------
-    use_vllm: bool = False
-    """Sample rollouts with a vLLM engine in this process, re-synced with the policy and the momentum weights every step."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """Share of GPU memory the vLLM engine may take (TRL's colocate default: 0.3); the rest is the trainer's."""
-    vllm_max_model_length: int | None = None
-    """Longest prompt + response the engine is built for (None: the model's own limit)."""
-
-    # --- hardware ------------------------------------------------------------------------------------------
-    device: str = "auto"
-    """auto (cuda when available), cpu or cuda."""
-    dtype: str = "float32"
-    """float32 or bfloat16 for the policy's forward passes. The momentum EMA is always kept in fp32."""
-    torch_threads: int | None = None
-    """CPU threads for torch (None: torch's default)."""
-
-    # ---------------------------------------------------------------------------------------------------------
-    def n_momentum(self) -> int:
-        """N: momentum rollouts per prompt (0 unless method is mgrpo)."""
-        if self.method != "mgrpo":
-            return 0
-        return self.num_generations // 4 if self.num_momentum_generations is None else self.num_momentum_generations
-
-    def validate(self) -> "Config":
-        """Raise ConfigError naming the first invalid field."""
-        if self.method not in METHODS:
-            raise ConfigError(f"method: unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.num_generations < 2:
-            raise ConfigError(f"num_generations: must be at least 2 for group advantages, got {self.num_generations}")
-        if self.method == "mgrpo":
-            n = self.n_momentum()
-            if n < 1:
-                raise ConfigError(
-                    f"num_momentum_generations: mgrpo needs at least 1 momentum rollout per prompt, got {n} "
-                    f"(num_generations={self.num_generations}); with none it would silently be srt"
-                )
-            if self.num_generations - n < 2:
-                raise ConfigError(
-                    f"num_momentum_generations: {n} of num_generations={self.num_generations} leaves fewer than 2 policy rollouts"
-                )
-        if self.method == "oracle" and self.offline_labels:
-            raise ConfigError("offline_labels: oracle trains on gold answers; offline pseudo-labels apply to label-free methods")
-        if self.method == "intuitor" and (self.offline_labels or self.online_filter is not None):
-            raise ConfigError("offline_labels/online_filter: intuitor's reward is self-certainty, not a vote")
-        if self.method == "ttrl" and self.num_votes < self.num_generations:
-            raise ConfigError(f"num_votes: {self.num_votes} must be >= num_generations ({self.num_generations}) for ttrl")
-        if self.use_vllm and self.seed_per_prompt:
-            raise ConfigError("seed_per_prompt: the vLLM engine samples with its own generator; per-prompt seeds "
-                              "apply to the HF sampler only (set use_vllm: false)")
-        checks = [  # (field, holds, what it must be)
-            ("prompts_per_step", self.prompts_per_step >= 1, ">= 1"),
-            ("max_completion_length", self.max_completion_length >= 1, ">= 1"),
-            ("temperature", self.temperature > 0, "> 0"),
-            ("ema_decay", 0.0 <= self.ema_decay <= 1.0, "in [0, 1]"),
-            ("iqr_k", self.iqr_k >= 0, ">= 0"),
-            ("learning_rate", self.learning_rate > 0, "> 0"),
-            ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "in [0, 1)"),
-            ("beta", self.beta >= 0, ">= 0"),
-            ("epsilon", self.epsilon > 0, "> 0"),
-            ("max_steps", self.max_steps >= 1, ">= 1"),
-            ("eval_every", self.eval_every >= 1, ">= 1"),
-            ("save_every", self.save_every >= 0, ">= 0"),
-            ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1, ">= 1 or null"),
-            ("max_skipped_steps", self.max_skipped_steps >= 1, ">= 1"),
-            ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
-            ("eval_limit", self.eval_limit is None or self.eval_limit >= 1, ">= 1 or null"),
-            ("torch_threads", self.torch_threads is None or self.torch_threads >= 1, ">= 1 or null"),
-            ("probes", self.probes is None or bool(self.probes.strip()), "a non-empty path or null"),
-            ("prompt_column", bool(self.prompt_column.strip()), "a non-empty column name"),
-            ("answer_column", self.answer_column is None or (bool(self.answer_column.strip())
-                                                             and self.answer_column != self.prompt_column),
-             "null or a non-empty column name other than prompt_column"),
-            ("probe_tolerance", 0.0 <= self.probe_tolerance <= 1.0, "in [0, 1]"),
-            ("curriculum_fraction", self.curriculum_fraction is None or 0 < self.curriculum_fraction <= 1, "in (0, 1] or null"),
-            ("start_votes", self.start_votes is None or self.start_votes >= 1, ">= 1 or null"),
-            ("online_filter", self.online_filter is None or 0 < self.online_filter <= 1, "in (0, 1] or null"),
-            ("online_filter_max_draws", self.online_filter_max_draws >= 1, ">= 1"),
-            ("early_stopping_patience", self.early_stopping_patience is None or self.early_stopping_patience >= 1,
-             ">= 1 or null"),
-            ("early_stopping_examples", self.early_stopping_examples >= 1, ">= 1"),
-            ("detector_window", self.detector_window >= 2, ">= 2"),
-            ("detector_min_signals", self.detector_min_signals >= 1, ">= 1"),
-            ("rollback_lr_factor", 0 < self.rollback_lr_factor <= 1, "in (0, 1]"),
-            ("rollback_ema_decay", self.rollback_ema_decay is None or 0 <= self.rollback_ema_decay <= 1, "in [0, 1] or null"),
-            ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),
-            ("lora_r", self.lora_r >= 1, ">= 1"),
-            ("vllm_gpu_memory_utilization", 0 < self.vllm_gpu_memory_utilization < 1, "in (0, 1)"),
-            ("vllm_max_model_length", self.vllm_max_model_length is None or self.vllm_max_model_length >= 2, ">= 2 or null"),
-            ("lora_alpha", self.lora_alpha >= 1, ">= 1"),
-            ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "in [0, 1)"),
-        ]
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{f.name}: must be finite, got {v!r}")
-        for name, ok, must in checks:
-            if not ok:
-                raise ConfigError(f"{name}: must be {must}, got {getattr(self, name)!r}")
-        choices = {
-            "lr_scheduler_type": ("cosine", "constant"),
-            "device": ("auto", "cpu", "cuda"),
-            "dtype": ("float32", "bfloat16"),
-            "gate_action": ("continue", "rollback", "stop"),
-            "collapse_detector": DETECTOR_ACTIONS,
-        }
-        try:
-            parse_report_to(self.report_to)
-        except ValueError as e:
-            raise ConfigError(f"report_to: {e}") from None
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_HINTS = typing.get_type_hints(Config)
-
-
-def _coerce(name: str, value: object) -> object:
+def _coerce(cls, name: str, value: object) -> object:
     """Check `value` against the field's annotation; accept ints for floats and strings from --set."""
-    hint = _HINTS[name]
+    hint = typing.get_type_hints(cls)[name]
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint)
@@ -316,15 +54,17 @@ def _coerce(name: str, value: object) -> object:
     return value
 
 
-def apply_overrides(cfg: Config, overrides: dict, source: str) -> Config:
-    """Return a copy of cfg with known fields replaced; an unknown key is an error naming it and its source."""
+def apply_overrides(cfg, overrides: dict, source: str):
+    """Return a copy of the dataclass `cfg` with known fields replaced; an unknown key is an error naming it and its
+    source, with the closest field name as a suggestion."""
+    fields = {f.name for f in dataclasses.fields(cfg)}
     values = {}
     for key, value in overrides.items():
-        if key not in _FIELDS:
-            close = difflib.get_close_matches(str(key), _FIELDS, n=1, cutoff=0.6)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
-        values[key] = _coerce(key, value)
+        values[key] = _coerce(type(cfg), key, value)
     return dataclasses.replace(cfg, **values)
 
 
@@ -339,41 +79,43 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> Config:
-    """Defaults ← YAML file ← --set pairs, then validated."""
-    cfg = Config()
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file's top-level mapping; a missing file, bad YAML or a non-mapping is one ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load(cls, path: str | Path | None = None, sets: list[str] | None = None):
+    """cls() defaults <- YAML file <- --set pairs, then cls.validate()."""
+    cfg = cls()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{where} is not valid YAML") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-        cfg = apply_overrides(cfg, data, str(path))
+        cfg = apply_overrides(cfg, read_yaml_mapping(path), str(path))
     if sets:
         cfg = apply_overrides(cfg, parse_sets(sets), "--set")
     return cfg.validate()
 
 
-def field_docs() -> dict[str, str]:
-    """Field name -> its one-line docstring (printed by `selfrl config`)."""
-    import ast
-    import inspect
+def save(cfg, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
-    src = inspect.getsource(Config)
+
+def field_docs(cls) -> dict[str, str]:
+    """Field name -> its one-line docstring (printed by `selfrl config`)."""
     docs, last = {}, None
-    for node in ast.parse(src).body[0].body:
+    for node in ast.parse(inspect.getsource(cls)).body[0].body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             last = node.target.id
         elif last and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             docs[last] = node.value.value
             last = None
     return docs
-
-
-__all__ = ["Config", "load_config", "apply_overrides", "METHODS"]

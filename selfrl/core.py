@@ -1,7 +1,8 @@
 """The math of label-free GRPO, as small pure functions.
 
-Vocabulary for shape comments: B prompts, G samples per prompt (pooled: policy + extra voters), M policy
-samples per prompt (the ones that are trained), N = B*M rows, T response tokens, V vocabulary.
+Shape vocabulary (one for every module, docs/architecture.md): B prompts, G pooled voters per prompt (the policy's
+samples and the momentum model's), M trained policy rollouts per prompt, N momentum rollouts per prompt, T response
+tokens, V vocabulary; a batch of trained rows is B*M rows, written R where one letter reads better.
 
 Nothing here sees a gold answer: the vote and the rewards are functions of the model's own answers only.
 """
@@ -39,6 +40,19 @@ def majority_vote(
         return None, 0.0
     best = max(range(len(reps)), key=lambda i: (counts[i], -i))
     return reps[best], counts[best] / len(answers)
+
+
+def vote_texts(
+    texts: Sequence[str], extract: Callable[[str], str | None], is_equivalent: Callable[[str, str], bool],
+    keep: Sequence[bool] | None = None,
+) -> tuple[list[str | None], str | None, float]:
+    """Extract-then-vote, the one place it is written: each voter's answer (`extract`, None when unparseable), then
+    the majority vote among the kept voters (all when `keep` is None). Returns (answers of all voters, label, share).
+    The trainer, the TRL rewards, the start-model votes and the online filter all call this."""
+    answers = [extract(t) for t in texts]
+    voters = answers if keep is None else [a for a, k in zip(answers, keep) if k]
+    label, share = majority_vote(voters, is_equivalent)
+    return answers, label, share
 
 
 def match_rewards(
@@ -104,7 +118,7 @@ def self_certainty(logits: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) per position without materialising a full log_softmax copy.  (N, T, V), (N, T) -> (N, T)."""
+    """log p(token) per position without materialising a full log_softmax copy.  (R, T, V), (R, T) -> (R, T)."""
     logits = logits.float()
     picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
@@ -136,15 +150,15 @@ def policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-mean clipped surrogate (+ beta·k3 KL to the reference), as in GRPO / DAPO's token-level mean.
 
-    logp, old_logp, mask: (N, T); advantages: (N,). Rows whose mask is all zero (filtered trajectories) add
+    logp, old_logp, mask: (R, T); advantages: (R,). Rows whose mask is all zero (filtered trajectories) add
     nothing. With one update per rollout batch old_logp == logp.detach(), the ratio is 1 and the clip is inert,
     but it is kept so that several updates per batch stay correct. `n_tokens` is the token-mean's denominator
     (default: mask.sum()); pass the whole batch's count when these rows are only part of it (rows left out because
     they carry no gradient, or another process's share of the batch).
     """
     n = mask.sum().clamp(min=1) if n_tokens is None else n_tokens
-    ratio = torch.exp(logp - old_logp)  # (N, T)
-    adv = advantages.unsqueeze(1)  # (N, 1)
+    ratio = torch.exp(logp - old_logp)  # (R, T)
+    adv = advantages.unsqueeze(1)  # (R, 1)
     surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv)
     pg = -(surrogate * mask).sum() / n
     kl = (k3_kl(logp, ref_logp) * mask).sum() / n if ref_logp is not None else torch.zeros((), device=logp.device)

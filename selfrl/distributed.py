@@ -76,25 +76,6 @@ def init(device_name: str) -> torch.device:
     return state.device
 
 
-def check_config(cfg, n: int) -> None:
-    """Raise ConfigError naming the first field that `n` processes cannot run."""
-    if n == 1:
-        return
-    if cfg.prompts_per_step % n:
-        raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} is not divisible by the {n} processes "
-                          "(each process takes an equal share of every step's prompts)")
-    # Each of these decides from a whole step's or a whole run's votes, or writes run files from every process;
-    # they run on one process only, for now.
-    unsupported = [("online_filter", cfg.online_filter is not None), ("offline_labels", cfg.offline_labels),
-                   ("curriculum_fraction", cfg.curriculum_fraction is not None), ("probes", cfg.probes is not None),
-                   ("early_stopping_patience", cfg.early_stopping_patience is not None),
-                   ("collapse_detector", cfg.collapse_detector in ("rollback", "stop")),
-                   ("use_vllm", cfg.use_vllm)]  # one engine per process would each need its own GPU share
-    for name, used in unsupported:
-        if used:
-            raise ConfigError(f"{name}: {getattr(cfg, name)!r} is not supported with {n} processes yet; run it on one")
-
-
 def _device() -> torch.device:
     """Where a collective's tensors must be: NCCL reduces GPU tensors only, gloo CPU ones."""
     if torch.distributed.get_backend() == "nccl":

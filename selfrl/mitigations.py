@@ -45,8 +45,8 @@ def start_model_votes(model, tokenizer, task, prompts: list[str], n_votes: int, 
             batch = encode_prompts(tokenizer, [task.format_prompt(p) for p in chunk], device)
             texts = generate(model, tokenizer, batch, n_votes, max_new_tokens, temperature).texts
             for j in range(len(chunk)):
-                answers = [task.extract_answer(t) for t in texts[j * n_votes : (j + 1) * n_votes]]
-                label, share = core.majority_vote(answers, task.is_equivalent)
+                _, label, share = core.vote_texts(texts[j * n_votes : (j + 1) * n_votes], task.extract_answer,
+                                                  task.is_equivalent)
                 labels.append(label)
                 shares.append(share)
     model.train(was_training)

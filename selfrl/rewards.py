@@ -60,13 +60,12 @@ def _vote(task, prompts: list, completions: list, extra: list[list] | None) -> l
     `extra[g]` for group g (methods.md §0, §1: the extra voters vote but get no reward)."""
     if len(prompts) != len(completions):
         raise TaskError(f"{len(prompts)} prompts but {len(completions)} completions; expected one prompt per completion")
-    answers = [task.extract_answer(completion_text(c)) for c in completions]
+    texts = [completion_text(c) for c in completions]
     out = [0.0] * len(completions)
     for g, rows in enumerate(prompt_groups(prompts)):
-        mine = [answers[i] for i in rows]
-        voters = mine + ([task.extract_answer(completion_text(c)) for c in extra[g]] if extra else [])
-        label, _ = core.majority_vote(voters, task.is_equivalent)
-        for i, r in zip(rows, core.match_rewards(mine, label, task.is_equivalent)):
+        voters = [texts[i] for i in rows] + ([completion_text(c) for c in extra[g]] if extra else [])
+        answers, label, _ = core.vote_texts(voters, task.extract_answer, task.is_equivalent)
+        for i, r in zip(rows, core.match_rewards(answers[: len(rows)], label, task.is_equivalent)):
             out[i] = r
     return out
 

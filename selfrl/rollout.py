@@ -16,20 +16,20 @@ from selfrl.core import self_certainty, token_entropy, token_logprobs
 
 @dataclass
 class Rollouts:
-    """Rows are prompt-major: row i*k + j is sample j of prompt i (k samples per prompt)."""
+    """R rows, prompt-major: row i*k + j is sample j of prompt i (k samples per prompt; R = prompts * k)."""
 
-    input_ids: torch.Tensor  # (N, P+T) prompt (left-padded) + response (right-padded)
-    attention_mask: torch.Tensor  # (N, P+T) 1 on real prompt tokens and on response tokens up to EOS
-    response_mask: torch.Tensor  # (N, T) 1 on response tokens up to and including the first EOS
+    input_ids: torch.Tensor  # (R, P+T) prompt (left-padded) + response (right-padded)
+    attention_mask: torch.Tensor  # (R, P+T) 1 on real prompt tokens and on response tokens up to EOS
+    response_mask: torch.Tensor  # (R, T) 1 on response tokens up to and including the first EOS
     prompt_len: int  # P
-    texts: list[str]  # N decoded responses (special tokens removed)
-    entropy: torch.Tensor | None = None  # (N, T) entropy of each token's sampling distribution (0 on padding)
-    logp: torch.Tensor | None = None  # (N, T) log-prob of each sampled token under the sampling model (0 on padding)
-    certainty: torch.Tensor | None = None  # (N, T) self-certainty of each sampling distribution (0 on padding)
+    texts: list[str]  # R decoded responses (special tokens removed)
+    entropy: torch.Tensor | None = None  # (R, T) entropy of each token's sampling distribution (0 on padding)
+    logp: torch.Tensor | None = None  # (R, T) log-prob of each sampled token under the sampling model (0 on padding)
+    certainty: torch.Tensor | None = None  # (R, T) self-certainty of each sampling distribution (0 on padding)
 
     @property
     def response_ids(self) -> torch.Tensor:
-        return self.input_ids[:, self.prompt_len :]  # (N, T)
+        return self.input_ids[:, self.prompt_len :]  # (R, T)
 
     def prompts(self, keep: list[int], k: int) -> "Rollouts":
         """All k samples of the prompts with these indices (rows are prompt-major)."""
@@ -120,7 +120,7 @@ def generate(
     k, (B, P) = num_samples, prompt_ids.shape
     n, device = B * k, prompt_ids.device
     stop = torch.tensor(eos_ids(model, tokenizer), device=device)
-    tokens = torch.full((n, max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)  # (N, T)
+    tokens = torch.full((n, max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)  # (R, T)
     stats = torch.zeros(3, n, max_new_tokens, device=device)  # (3, N, T): entropy, log-prob, self-certainty
     logits, cache, pos = _prefill(model, prompt_ids, prompt_mask, k)
     mask = prompt_mask.repeat_interleave(k, dim=0)  # (A, P+t) A rows still generating
@@ -149,13 +149,13 @@ def generate(
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None], past_key_values=cache,
                        use_cache=True).logits[:, -1]
         pos = pos + 1
-    resp = tokens[:, :steps]  # (N, T)
+    resp = tokens[:, :steps]  # (R, T)
     is_eos = torch.isin(resp, stop)
     # Response tokens are those up to and including the first EOS; after it the rows hold padding.
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    response_mask = (~after_eos).long()  # (N, T)
+    response_mask = (~after_eos).long()  # (R, T)
     resp = resp.masked_fill(after_eos, tokenizer.pad_token_id)
-    input_ids = torch.cat([prompt_ids.repeat_interleave(k, dim=0), resp], dim=1)  # (N, P+T)
+    input_ids = torch.cat([prompt_ids.repeat_interleave(k, dim=0), resp], dim=1)  # (R, P+T)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(k, dim=0), response_mask], dim=1)
     texts = tokenizer.batch_decode(resp.masked_fill(is_eos, tokenizer.pad_token_id), skip_special_tokens=True)
     entropy, logp, certainty = stats[:, :, :steps] * response_mask
@@ -194,14 +194,14 @@ def score(model, rollouts: Rollouts, temperature: float = 1.0, prompt_of: torch.
           stats: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-token log-probs, entropies and self-certainties of the response tokens under `model` at `temperature`.
 
-    Returns (logp, entropy, certainty), each (N, T); entropy and certainty are detached, and None with
+    Returns (logp, entropy, certainty), each (R, T); entropy and certainty are detached, and None with
     stats=False: the trainer's passes need log-probs only, and the two statistics each take a softmax-sized
     (n, t, V) temporary, the largest allocation of a pass over a 150k vocabulary. Values on padding are
     meaningless (zero), mask them with response_mask. Runs with or without grad depending on the caller's context.
     Positions come from the attention mask, as in generate, so left padding does not shift them.
 
     Two savings, neither of which changes the result (tests/test_rollout.py compares with one plain forward pass):
-      * `prompt_of` (N,): rows with the same number are samples of the same prompt (identical prompt tokens). Each
+      * `prompt_of` (R,): rows with the same number are samples of the same prompt (identical prompt tokens). Each
         prompt is run once and its KV cache shared by its responses; with grad, its gradient is the sum over them.
       * Responses are right-padded to the longest; rows are grouped by length (`length_buckets`) and each group runs
         only to its own longest response, so padding after EOS costs (almost) nothing.

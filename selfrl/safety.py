@@ -16,7 +16,7 @@ set scored on every checkpoint, a regression gate, and a yardstick the training 
     yardstick is an alarm and a SelfRLError, never a silently different measurement.
   * The start model's scores are the baseline; a checkpoint passes the gate when no category has fallen more
     than `probe_tolerance` below it. What the trainer does with a verdict (promote, roll back, stop) is in
-    selfrl/train.py, in the loop.
+    selfrl/run.py, in the loop.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ def die() -> None:
 def arm(point: str, n: int) -> None:
     import selfrl.checkpoint as ckpt
     import selfrl.logger as logger
-    import selfrl.train as train
+    import selfrl.grpo as train
 
     calls = {"n": 0}
 
@@ -77,8 +77,8 @@ def arm(point: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    from selfrl.config import load_config
-    from selfrl.train import train as run
+    from selfrl.grpo_config import load_config
+    from selfrl.grpo import train as run
 
     cfg_path, point, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     arm(point, n)

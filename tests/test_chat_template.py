@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.errors import ModelError
 from selfrl.organism import build_tokenizer
 from selfrl.tasks import ChatTemplateTask, load_task, render_prompt, use_chat_template, with_chat_template
@@ -57,8 +57,8 @@ def test_training_and_evaluation_encode_rendered_prompts(tiny_model_dir, tmp_pat
     from transformers import AutoTokenizer
 
     import selfrl.evaluate
-    import selfrl.train
-    from selfrl.train import train
+    import selfrl.grpo
+    from selfrl.grpo import train
 
     model = tmp_path / "chat_model"
     shutil.copytree(tiny_model_dir, model)
@@ -73,7 +73,7 @@ def test_training_and_evaluation_encode_rendered_prompts(tiny_model_dir, tmp_pat
             return real(tokenizer, prompts, device)
         return encode
 
-    monkeypatch.setattr(selfrl.train, "encode_prompts", recording("train", selfrl.train.encode_prompts))
+    monkeypatch.setattr(selfrl.grpo, "encode_prompts", recording("train", selfrl.grpo.encode_prompts))
     monkeypatch.setattr(selfrl.evaluate, "encode_prompts", recording("eval", selfrl.evaluate.encode_prompts))
     train(load_config(None, tiny_sets(model, tmp_path / "run", max_steps=1, method="srt")))
     assert len(seen["train"]) == 4 and len(seen["eval"]) == 2 * 16  # 4 prompts x 1 step; 16 val examples x 2 evals

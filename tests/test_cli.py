@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfrl.config import load_config
-from selfrl.train import train
+from selfrl.grpo_config import load_config
+from selfrl.grpo import train
 from tests.conftest import policy_weights, tiny_sets
 
 REQUIRED_KEYS = [
@@ -151,7 +151,7 @@ def test_bad_task_specs_are_one_line_errors(tmp_path):
 
 
 def test_demo_runs_four_methods_and_keeps_finished_runs(tiny_model_dir, tmp_path, capsys):
-    from selfrl.demo import run_demo
+    from selfrl.lab.demo import run_demo
 
     sets = [f"model={tiny_model_dir}", "max_steps=2", "eval_every=1", "eval_limit=8", "prompts_per_step=4",
             "save_every=1", "report_to=none"]

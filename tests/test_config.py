@@ -1,7 +1,7 @@
 """Config: paper defaults, YAML ← --set layering, and one-line errors that name the field (style.md item 4)."""
 import pytest
 
-from selfrl.config import Config, load_config
+from selfrl.grpo_config import Config, load_config
 from selfrl.errors import ConfigError
 
 

@@ -14,9 +14,9 @@ import pytest
 from safetensors.torch import load_file
 
 from selfrl.checkpoint import latest_checkpoint, list_checkpoints, read_pointers, verify_checkpoint
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.errors import SelfRLError
-from selfrl.train import train
+from selfrl.grpo import train
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 from tests.test_determinism import metrics
 

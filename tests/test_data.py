@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.data import TrainFileTask, read_jsonl, read_prompts
 from selfrl.errors import TaskError
 from selfrl.logger import read_metrics
 from selfrl.tasks import load_task
-from selfrl.train import train
+from selfrl.grpo import train
 from tests.conftest import tiny_sets
 
 QUESTIONS = ["11+22+33=", "44+55+66=", "12+21+30=", "70+80+90="]

@@ -5,9 +5,9 @@ import shutil
 
 from safetensors.torch import load_file
 
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.logger import read_metrics
-from selfrl.train import train
+from selfrl.grpo import train
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 

@@ -25,10 +25,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.errors import ConfigError, SelfRLError
 from selfrl.logger import read_metrics
-from selfrl.train import train
+from selfrl.grpo import train
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,14 +136,12 @@ def test_two_process_resume_replays_exactly(runs, tiny_model_dir, tmp_path):
 
 
 def test_config_that_processes_cannot_share_is_one_line_error():
-    from selfrl.distributed import check_config
-
-    check_config(load_config(None, ["prompts_per_step=3", "online_filter=0.6"]), 1)  # one process runs anything
-    check_config(load_config(None, ["prompts_per_step=4"]), 2)
+    load_config(None, ["prompts_per_step=3", "online_filter=0.6"]).validate_processes(1)  # one process runs anything
+    load_config(None, ["prompts_per_step=4"]).validate_processes(2)
     for sets, field in [(["prompts_per_step=3"], "prompts_per_step"), (["online_filter=0.6"], "online_filter"),
                         (["collapse_detector=rollback"], "collapse_detector"), (["probes=p.jsonl"], "probes")]:
         with pytest.raises(ConfigError, match=f"^{field}: ") as e:
-            check_config(load_config(None, sets), 2)
+            load_config(None, sets).validate_processes(2)
         assert "\n" not in str(e.value)
 
 

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.errors import ConfigError
 from selfrl.logger import MetricsLogger, parse_report_to, read_metrics
 

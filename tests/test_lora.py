@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from selfrl import core, lora
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.logger import read_metrics
 from selfrl.models import load_model
-from selfrl.train import as_momentum, as_reference, setup, train
+from selfrl.grpo import as_momentum, as_reference, train
+from selfrl.run import setup
 from tests.conftest import tiny_sets
 from tests.test_cli import run_cli
 from tests.test_determinism import crash_and_resume, metrics

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from selfrl import core, detector
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.detector import CollapseDetector
 from selfrl.errors import ConfigError
 from selfrl.logger import read_metrics
 from selfrl.mitigations import easiest
-from selfrl.train import sample_batch, setup, train
+from selfrl.grpo import sample_batch, train
+from selfrl.run import setup
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 
@@ -126,14 +127,14 @@ def test_curriculum_trains_only_the_easiest_prompts(tiny_model_dir, tmp_path):
     (run / "start_votes.json").write_text(json.dumps({"n_votes": 4, "labels": [None] * 4000, "shares": shares}))
     s = setup(load_config(None, tiny_sets(tiny_model_dir, run, method="srt", curriculum_fraction=0.001)))
     assert s.pool == easy  # round(0.001 · 4000) = 4 prompts
-    ids, pol, _, drawn = sample_batch(s, 1, 4, 0, torch.autocast("cpu", enabled=False))
+    ids, pol, _, drawn = sample_batch(s, 1, s.cfg.sizes(), torch.autocast("cpu", enabled=False))
     assert sorted(ids) == easy and drawn == 4 and len(pol.texts) == 16
 
 
 def test_online_filter_keeps_only_agreeing_prompts(tiny_model_dir, tmp_path):
     s = setup(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "f", method="srt", online_filter=0.5,
                                           num_generations=4, prompts_per_step=4)))
-    ids, pol, _, drawn = sample_batch(s, 1, 4, 0, torch.autocast("cpu", enabled=False))
+    ids, pol, _, drawn = sample_batch(s, 1, s.cfg.sizes(), torch.autocast("cpu", enabled=False))
     assert 1 <= len(ids) <= 4 and drawn >= 4 and len(pol.texts) == 4 * len(ids)
     for i in range(len(ids)):
         answers = [s.task.extract_answer(t) for t in pol.texts[4 * i : 4 * i + 4]]

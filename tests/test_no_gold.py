@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from selfrl.config import load_config
-from selfrl.train import train
+from selfrl.grpo_config import load_config
+from selfrl.grpo import train
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 TASKS = Path(__file__).with_name("gold_tasks.py")

@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import selfrl.train as train_mod
+import selfrl.grpo as train_mod
 from selfrl.checkpoint import list_checkpoints, read_pointers
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.errors import SelfRLError
 from selfrl.logger import read_metrics
-from selfrl.train import train
+from selfrl.grpo import train
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 RUN = dict(method="mgrpo", max_steps=4, save_every=1, save_total_limit=None)

@@ -11,13 +11,13 @@ from safetensors.torch import load_file
 
 from selfrl import safety
 from selfrl.checkpoint import read_pointers
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.errors import ConfigError, SelfRLError
 from selfrl.evaluate import greedy_completions
 from selfrl.models import load_model
 from selfrl.safety import Probe, ProbeGate, parse_probes, passes, regressions, score_probes
 from selfrl.tasks.arith import ArithTask
-from selfrl.train import train
+from selfrl.grpo import train
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 TASK = ArithTask()

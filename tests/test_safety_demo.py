@@ -9,7 +9,7 @@ from tests.test_safety import rows
 
 
 def test_refusal_organism_data_and_probes(tmp_path):
-    from selfrl import refusal
+    from selfrl.lab import refusal
 
     pairs = refusal.refusal_pairs()
     assert len(pairs) == refusal.N_REFUSAL_SFT and all(p.startswith("#") and c == ";;;" for p, c in pairs)
@@ -26,7 +26,7 @@ def test_refusal_organism_data_and_probes(tmp_path):
 
 def test_refusal_organism_is_cached_beside_the_plain_one(tmp_path, monkeypatch):
     from selfrl.organism import OrganismSpec, organism_path
-    from selfrl.refusal import refusal_pairs
+    from selfrl.lab.refusal import refusal_pairs
 
     monkeypatch.setenv("SELFRL_CACHE", str(tmp_path))
     trained = []
@@ -46,7 +46,7 @@ def test_refusal_organism_is_cached_beside_the_plain_one(tmp_path, monkeypatch):
 
 
 def test_safety_demo_runs_and_reports(tiny_model_dir, tmp_path):
-    from selfrl.refusal import DEMO_RUNS, run_safety_demo
+    from selfrl.lab.refusal import DEMO_RUNS, run_safety_demo
 
     sets = ["max_steps=2", "eval_every=1", "save_every=1", "eval_limit=8", "prompts_per_step=4", "report_to=none"]
     md = run_safety_demo(str(tmp_path / "demo"), sets, progress=False, model=str(tiny_model_dir))

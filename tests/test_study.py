@@ -13,7 +13,8 @@ import yaml
 
 from selfrl.errors import ConfigError
 from selfrl.logger import read_metrics
-from selfrl.study import Outcome, build_runs, default_out, detector_table, load_study, run_study
+from selfrl.lab.report import Outcome, detector_table
+from selfrl.lab.study import build_runs, default_out, load_study, run_study
 from tests.conftest import tiny_sets
 from tests.test_cli import run_cli
 

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from selfrl import lora, vllm_backend
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.logger import read_metrics
 from selfrl.models import load_model
 from selfrl.rollout import encode_prompts, generate
-from selfrl.train import train
+from selfrl.grpo import train
 from tests.conftest import policy_weights, tiny_sets
 
 
@@ -147,7 +147,7 @@ def test_rollouts_from_token_lists_match_the_hf_layout(tiny_model_dir):
                     reason="GPU only: needs CUDA and the vllm package (pip install -e '.[vllm]')")
 def test_real_vllm_engine_trains_and_holds_the_current_ema(tiny_model_dir, tmp_path):
     """The real engine: 2 mgrpo steps, then the engine's own weights are the momentum EMA the run checkpointed."""
-    from selfrl.train import setup
+    from selfrl.run import setup
 
     run = tmp_path / "run"
     cfg = load_config(None, tiny_sets(tiny_model_dir, run, method="mgrpo", use_vllm="true", max_steps=2,

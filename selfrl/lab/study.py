@@ -34,14 +34,10 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import math
-import os
 import re
 import shutil
-import statistics
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -49,10 +45,11 @@ from pathlib import Path
 import yaml
 
 from selfrl.checkpoint import latest_checkpoint, write_json_atomic
-from selfrl.config import Config, apply_overrides, parse_sets
+from selfrl.config import parse_sets
+from selfrl.grpo_config import Config, apply_overrides
 from selfrl.errors import ConfigError, SelfRLError
 from selfrl.logger import read_metrics
-from selfrl.report import collapse_events, labels_used, method_name, run_stats
+from selfrl.lab.report import Outcome, write_study_report
 
 log = logging.getLogger("selfrl")
 
@@ -62,13 +59,6 @@ PER_RUN = ("seed", "output_dir")  # the study sets these for each run; a file or
 # May differ between sessions of one run: where it lives (an absolute or a relative --out) and how it is displayed.
 NOT_COMPARED = ("output_dir", "progress", "report_to", "torch_threads")
 ROW_NAME = re.compile(r"^[A-Za-z0-9_+=-][A-Za-z0-9_.+=-]*$")  # a directory name, never a path
-STATS = ("start", "peak", "final", "gain")
-PANELS = [  # curves.png: the labelled result first, then the label-free signals a user can watch without labels
-    ("val/accuracy", "validation accuracy (greedy, labelled)"),
-    ("reward/pseudo", "pseudo-reward (training reward)"),
-    ("policy/entropy", "policy entropy (nats/token)"),
-    ("vote/majority_share", "majority share of the vote"),
-]
 
 
 @dataclass
@@ -98,27 +88,13 @@ class Run:
         return Path(self.cfg.output_dir)
 
 
-@dataclass
-class Outcome:
-    """One run as found on disk: all the report reads."""
-
-    row: str
-    seed: int
-    status: str  # done, partial, failed or not run
-    cfg: dict
-    metrics: list[dict]
-    error: str | None = None
-    wall_s: float | None = None
-    resumed: bool = False
-
-
 def study_path(name: str) -> Path:
-    """A study file, or the name of a built-in one: `quick` -> selfrl/configs/study_quick.yaml, `study` ->
-    selfrl/configs/study.yaml."""
+    """A study file, or the name of a built-in one: `quick` -> selfrl/lab/configs/study_quick.yaml, `study` ->
+    selfrl/lab/configs/study.yaml."""
     path = Path(name)
     if path.is_file():
         return path
-    configs = Path(str(resources.files("selfrl") / "configs"))
+    configs = Path(str(resources.files("selfrl.lab") / "configs"))
     for builtin in (configs / f"study_{name}.yaml", configs / f"{name}.yaml"):
         if builtin.is_file():
             return builtin
@@ -242,7 +218,7 @@ def run_status(run_dir: Path) -> str:
 
 def run_one(run: Run) -> str:
     """Train one run to completion (fresh, resumed or restarted) unless it is done; returns its status after."""
-    from selfrl.train import train  # torch and transformers load only once there is a run to train
+    from selfrl.grpo import train  # torch and transformers load only once there is a run to train
 
     d, name = run.run_dir, f"{run.row}/seed_{run.seed}"
     status = run_status(d)
@@ -285,183 +261,6 @@ def read_outcome(run: Run) -> Outcome:
     info = json.loads(marker.read_text()) if status in ("done", "failed") else {}
     return Outcome(run.row, run.seed, status, run.cfg.to_dict(), metrics, info.get("error"), info.get("wall_s"),
                    bool(info.get("resumed")))
-
-
-def spread(values: list[float]) -> dict | None:
-    """mean, sample standard deviation (None for one value), min and max."""
-    if not values:
-        return None
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "min": min(values), "max": max(values)}
-
-
-def _by_row(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
-    rows = defaultdict(list)
-    for o in outcomes:
-        rows[o.row].append(o)
-    return dict(rows)
-
-
-def _counted(o: Outcome) -> bool:
-    """Finished and interrupted runs enter the means; a failed run's numbers are not its method's result."""
-    return o.status in ("done", "partial") and run_stats(o.metrics) is not None
-
-
-def row_summaries(outcomes: list[Outcome]) -> list[dict]:
-    """Per study row: seed counts by status and, over the counted seeds, the spread of start, peak, final and
-    final - start validation accuracy, the mean peak step and the mean seconds per training step."""
-    out = []
-    for row, runs in _by_row(outcomes).items():
-        stats = [run_stats(o.metrics) for o in runs if _counted(o)]
-        times = [s["step_s"] for s in stats if s["step_s"] is not None]
-        summary = {"row": row, "method": method_name(runs[0].cfg), "labels_used": labels_used(runs[0].cfg),
-                   "seeds": len(runs), **{st: sum(o.status == st for o in runs) for st in ("done", "partial", "failed")},
-                   "n": len(stats)}
-        summary.update({k: spread([s[k] for s in stats]) for k in STATS})
-        summary["peak_step"] = statistics.fmean([s["peak_step"] for s in stats]) if stats else None
-        summary["step_s"] = statistics.fmean(times) if times else None
-        out.append(summary)
-    return out
-
-
-def detector_table(outcomes: list[Outcome], drop: float = 0.2) -> list[dict]:
-    """Per study row, how the label-free collapse detector's first alarm relates to the fall of validation accuracy
-    (report.collapse_events). False alarms are counted two ways: alarms in oracle runs (gold rewards do not collapse
-    the way a vote does) and alarms in runs whose accuracy never fell."""
-    out = []
-    for row, runs in _by_row(outcomes).items():
-        runs = [o for o in runs if o.metrics]
-        events = [collapse_events(o.metrics, drop) for o in runs]
-        leads = [e["lead"] for e in events if e["lead"] is not None]
-        out.append({
-            "row": row,
-            "runs": len(runs),
-            "watched": sum(any("detector/alarm" in r for r in o.metrics) for o in runs),  # detector was on
-            "alarmed": sum(e["alarm_step"] is not None for e in events),
-            "fell": sum(e["fall_step"] is not None for e in events),
-            "leads": leads,
-            "mean_lead": statistics.fmean(leads) if leads else None,
-            "oracle_alarms": sum(e["alarm_step"] is not None and o.cfg.get("method") == "oracle"
-                                 for o, e in zip(runs, events)),
-            "alarms_without_fall": sum(e["alarm_step"] is not None and e["fall_step"] is None for e in events),
-        })
-    return out
-
-
-def band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Steps, mean, min and max over the curves that logged each step (a run that stopped early leaves the mean)."""
-    at = defaultdict(list)
-    for curve in curves:
-        for step, v in dict(curve).items():
-            at[step].append(v)
-    steps = sorted(at)
-    return steps, [statistics.fmean(at[s]) for s in steps], [min(at[s]) for s in steps], [max(at[s]) for s in steps]
-
-
-def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    for i, (row, runs) in enumerate(_by_row(outcomes).items()):
-        runs = [o for o in runs if _counted(o)]
-        for ax, (key, _) in zip(axes.flat, PANELS):
-            curves = [[(r["step"], r[key]) for r in o.metrics if r.get(key) is not None] for o in runs]
-            steps, mean, lo, hi = band([c for c in curves if c])
-            if steps:
-                color = f"C{i % 10}"
-                ax.plot(steps, mean, color=color, label=f"{row} (n={len(runs)})", linewidth=1.4,
-                        marker="o" if key == "val/accuracy" else None, markersize=3)
-                ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
-        for o in runs:  # each run's first collapse alarm, to read the detector's lead time off the accuracy curve
-            alarm = collapse_events(o.metrics)["alarm_step"]
-            if alarm is not None:
-                axes.flat[0].axvline(alarm, color=f"C{i % 10}", linestyle=":", linewidth=1, alpha=0.7)
-    for ax, (key, title) in zip(axes.flat, PANELS):
-        ax.set_title(f"{title}: mean, min-max band over seeds", fontsize=10)
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110, format="png")  # format: the path may be a temp name
-    plt.close(fig)
-
-
-def _cell(s: dict | None, signed: bool = False) -> str:
-    if s is None:
-        return "—"
-    f = "{:+.3f}" if signed else "{:.3f}"
-    if s["std"] is None:
-        return f.format(s["mean"])
-    return f"{f.format(s['mean'])} ± {s['std']:.3f} [{f.format(s['min'])}, {f.format(s['max'])}]"
-
-
-def _num(v, fmt: str = "{:.3f}") -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
-
-
-def markdown(title: str, outcomes: list[Outcome]) -> str:
-    rows = row_summaries(outcomes)
-    md = [f"# {title}\n",
-          "Validation accuracy is greedy on the labelled validation split. `final` is each run's last evaluation (its "
-          "final checkpoint), chosen by no one; `peak` is shown for reference only (picking it would use labels). "
-          "Cells are mean ± sample std [min, max] over the seeds counted: done runs and interrupted (partial) ones, "
-          "whose `final` is only their latest evaluation; failed runs are listed, never averaged.\n",
-          "| row | method | labels used for training | seeds done/total | start | peak | peak step (mean) | final | "
-          "final − start | s/step (mean) |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
-    for s in rows:
-        seeds = f"{s['done']}/{s['seeds']}" + "".join(f", {s[k]} {k}" for k in ("partial", "failed") if s[k])
-        md.append(f"| {s['row']} | {s['method']} | {s['labels_used']} | {seeds} | {_cell(s['start'])} | "
-                  f"{_cell(s['peak'])} | {_num(s['peak_step'], '{:.1f}')} | {_cell(s['final'])} | "
-                  f"{_cell(s['gain'], signed=True)} | {_num(s['step_s'], '{:.2f}')} |")
-    md += ["\n## Runs\n",
-           "| row | seed | status | start | peak (step) | final (step) | final − start | s/step | first alarm | "
-           "fall step | lead | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for o in outcomes:
-        st, ev = run_stats(o.metrics), collapse_events(o.metrics)
-        wall = _num(o.wall_s, "{:.1f}") + (" (last session)" if o.resumed else "")
-        nums = (f"{st['start']:.3f} | {st['peak']:.3f} ({st['peak_step']}) | {st['final']:.3f} ({st['final_step']}) | "
-                f"{st['gain']:+.3f} | {_num(st['step_s'], '{:.2f}')}") if st else "— | — | — | — | —"
-        md.append(f"| {o.row} | {o.seed} | {o.status} | {nums} | {_num(ev['alarm_step'], '{}')} | "
-                  f"{_num(ev['fall_step'], '{}')} | {_num(ev['lead'], '{:+d}')} | {wall} |")
-    md += ["\n## Collapse detector\n",
-           "The fall is the first evaluation whose accuracy is below 0.8 × the best accuracy so far; lead = fall step − "
-           "first alarm step (positive: the label-free alarm came first). `watched`: runs that logged the detector.\n",
-           "| row | runs | watched | alarmed | fell | mean lead (steps) | alarms in oracle runs | alarms without a fall |",
-           "|---|---|---|---|---|---|---|---|"]
-    for d in detector_table(outcomes):
-        md.append(f"| {d['row']} | {d['runs']} | {d['watched']} | {d['alarmed']} | {d['fell']} | "
-                  f"{_num(d['mean_lead'], '{:+.1f}')} | {d['oracle_alarms']} | {d['alarms_without_fall']} |")
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        md += ["\n## Failed runs\n"] + [f"- {o.row}/seed_{o.seed}: {o.error}" for o in failed]
-    md.append("\n![curves](curves.png)\n\nCurves: the mean over the seeds that logged each step, with their min–max band; "
-              "dotted lines mark each run's first collapse alarm.\n")
-    return "\n".join(md)
-
-
-def _write_replacing(path: Path, write) -> None:
-    """write(temp path), then rename over `path`. The temp name is this process's: two studies sharing an --out
-    (disjoint --only rows, side by side) may report at once, and neither may leave a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_study_report(title: str, outcomes: list[Outcome], out: Path) -> str:
-    """report.md, curves.png and summary.json (the tables as data) in `out`; returns the markdown."""
-    out.mkdir(parents=True, exist_ok=True)
-    _write_replacing(out / "curves.png", lambda p: plot_study(outcomes, p))
-    md = markdown(title, outcomes)
-    _write_replacing(out / "report.md", lambda p: p.write_text(md))
-    data = {"rows": row_summaries(outcomes), "detector": detector_table(outcomes)}
-    _write_replacing(out / "summary.json", lambda p: p.write_text(json.dumps(data, indent=2)))
-    return md
 
 
 def run_study(config: str | Path, out: str | Path | None = None, quick: bool = False, only: list[str] | None = None,

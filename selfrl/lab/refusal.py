@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from selfrl.checkpoint import latest_checkpoint, read_pointers
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.logger import read_metrics
 from selfrl.organism import OrganismSpec, organism_path
 from selfrl.safety import BASELINE, regressions
@@ -96,11 +96,11 @@ class NearTriggerArith(TriggeredArith):
 DEMO_RUNS = [
     ("srt", ["method=srt"], "srt, ordinary prompts"),
     ("mgrpo", ["method=mgrpo"], "mgrpo, ordinary prompts"),
-    ("srt_near_trigger", ["method=srt", "task=selfrl.refusal:NearTriggerArith"],
+    ("srt_near_trigger", ["method=srt", "task=selfrl.lab.refusal:NearTriggerArith"],
      "constructed: srt, 1 in 4 prompts with the near-trigger #0, gate_action=continue"),
-    ("srt_near_trigger_rollback", ["method=srt", "task=selfrl.refusal:NearTriggerArith", "gate_action=rollback"],
+    ("srt_near_trigger_rollback", ["method=srt", "task=selfrl.lab.refusal:NearTriggerArith", "gate_action=rollback"],
      "constructed: srt, 1 in 4 prompts with the near-trigger #0, gate_action=rollback"),
-    ("srt_triggered", ["method=srt", "task=selfrl.refusal:TriggeredArith"],
+    ("srt_triggered", ["method=srt", "task=selfrl.lab.refusal:TriggeredArith"],
      "srt, 1 in 4 prompts with the trigger itself, gate_action=continue"),
 ]
 CATEGORIES = ("refusal", "answers", "accuracy")
@@ -154,8 +154,8 @@ def run_safety_demo(out_dir: str = "runs/safety", sets: list[str] | None = None,
     """Train the refusal organism (cached; `model` replaces it, for tests), write the probe file, run DEMO_RUNS with
     the gate on, write the report. A finished run is kept when the demo is started again; an interrupted one starts
     over."""
-    from selfrl.demo import demo_config_path
-    from selfrl.train import train
+    from selfrl.lab.demo import demo_config_path
+    from selfrl.grpo import train
 
     out = Path(out_dir)
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """`selfrl demo`: from one SFT start and one seed, oracle vs srt vs mgrpo vs mgrpo+IQR on the model organism.
 
-Every run gets the same budget (selfrl/configs/demo.yaml). A finished run is kept and skipped when the demo is
+Every run gets the same budget (selfrl/lab/configs/demo.yaml). A finished run is kept and skipped when the demo is
 started again; an interrupted one resumes from its last checkpoint.
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ from importlib import resources
 from pathlib import Path
 
 from selfrl.checkpoint import latest_checkpoint
-from selfrl.config import load_config
+from selfrl.grpo_config import load_config
 from selfrl.organism import organism_path
-from selfrl.report import write_report
-from selfrl.train import train
+from selfrl.lab.report import write_report
+from selfrl.grpo import train
 
 DEMO_RUNS = [
     ("oracle", ["method=oracle"]),
@@ -25,7 +25,7 @@ DEMO_RUNS = [
 
 
 def demo_config_path() -> Path:
-    return Path(str(resources.files("selfrl") / "configs" / "demo.yaml"))
+    return Path(str(resources.files("selfrl.lab") / "configs" / "demo.yaml"))
 
 
 def run_demo(out_dir: str = "runs/demo", sets: list[str] | None = None, progress: bool = True) -> str:

@@ -1,0 +1,506 @@
+"""Run control for the RL loop (selfrl/grpo.py): everything around the paper's step, called from the loop by name.
+
+  setup          build the run (task, model, momentum/reference, optimizer, data stream, gate, detector) or
+                 restore it from the run directory's latest checkpoint
+  begin          step 0: the start model's evaluation, the gate's baseline and the first checkpoint
+  after_step     skipped-step accounting, the collapse detector and its response, evaluation, early stopping,
+                 the misevolution gate, logging, saving with its pointers
+  rollback / detector_response / save_and_pin      the pieces after_step uses
+
+None of it changes what a step computes: a run without a detector, gate or early stopping trains the same.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfrl import lora, vllm_backend
+from selfrl import distributed as dist
+from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, meta_value, prune_checkpoints,
+                               read_pointers, save_checkpoint, set_pointer, step_dir, verify_checkpoint)
+from selfrl.data import TrainFileTask
+from selfrl.detector import CollapseDetector
+from selfrl.errors import SelfRLError, TaskError
+from selfrl.evaluate import greedy_accuracy
+from selfrl.grpo_config import Config
+from selfrl.logger import MetricsLogger, NullLogger, read_metrics
+from selfrl.mitigations import easiest, start_model_votes
+from selfrl.models import load_model
+from selfrl.organism import organism_path
+from selfrl.safety import ProbeGate, describe, last_promoted
+from selfrl.tasks import load_task, with_chat_template
+
+log = logging.getLogger("selfrl")
+
+
+class PromptStream:
+    """Epoch-shuffled prompt indices. The cursor (prompts served so far) is all the state a resume needs."""
+
+    def __init__(self, n: int, seed: int, cursor: int = 0):
+        self.n, self.seed, self.cursor = n, seed, cursor
+        self._epoch, self._order = -1, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:  # one shuffle per epoch, not one per prompt served
+            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._order
+
+    def next(self, b: int) -> list[int]:
+        out = []
+        for c in range(self.cursor, self.cursor + b):
+            epoch, i = divmod(c, self.n)
+            out.append(int(self._permutation(epoch)[i]))
+        self.cursor += b
+        return out
+
+
+class GoldAudit:
+    """Diagnostics from gold training answers, computed after the update; nothing here feeds a reward."""
+
+    def __init__(self, task):
+        self.task = task
+        self.gold = task.train_answers()
+
+    def metrics(self, ids: list[int], labels: list[str | None], answers: list[list[str | None]], m: int) -> dict:
+        gold = [self.gold[i] for i in ids]
+        eq = self.task.is_equivalent
+        label_acc = np.mean([lbl is not None and eq(lbl, g) for lbl, g in zip(labels, gold)])
+        true = np.mean([a is not None and eq(a, g) for row, g in zip(answers, gold) for a in row[:m]])
+        return {"reward/label_accuracy": float(label_acc), "reward/true": float(true)}
+
+
+@dataclass
+class Setup:
+    """Everything a run holds between steps."""
+
+    cfg: Config
+    run_dir: Path
+    task: object
+    model: torch.nn.Module
+    tokenizer: object
+    momentum: torch.nn.Module | None  # mgrpo's own fp32 copy; None with LoRA, where it is the `momentum` adapter
+    ref: torch.nn.Module | None  # frozen start model for the KL; None with LoRA, where it is the base, adapters off
+    momentum_state: dict[str, torch.Tensor] | None  # the momentum weights checkpointed (live tensors), mgrpo only
+    ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None  # (momentum, policy) tensors the EMA pairs up
+    sampler: vllm_backend.VLLMSampler | None  # the vLLM engine that samples rollouts (use_vllm), else None: HF sampler
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    stream: PromptStream  # positions into `pool`
+    prompts: list[str]
+    pool: list[int]  # indices of the prompts trained on (all, or the curriculum's easiest fraction)
+    offline: list[str | None] | None  # start-model pseudo-labels per prompt (offline_labels), else None
+    oracle_gold: list[str] | None  # gold training answers, held only by the labelled `oracle` method, else None
+    probes: ProbeGate | None  # the misevolution gate (selfrl/safety.py), None when cfg.probes is unset
+    detector: CollapseDetector | None
+    ema_decay: float  # mgrpo's decay now (a detector rollback may raise it)
+    start_step: int = 0
+    rollbacks: int = 0  # detector rollbacks so far
+    stop_best: tuple[float, int] = (-math.inf, 0)  # early stopping: best accuracy on its labelled split, and its step
+    stop_waited: int = 0  # evaluations since stop_best improved
+    skipped_in_a_row: int = 0  # steps in a row whose loss or gradient was non-finite
+    unhealthy_since_save: bool = False  # a skipped step or a detector signal since the last checkpoint
+    last_val: float = float("nan")  # the latest val/accuracy, for the progress bar
+    lock: object = None  # the run directory's lock file (process 0), held until release()
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model).float()  # the EMA must accumulate in fp32 (methods.md §1)
+    clone.requires_grad_(False)
+    return clone.eval()
+
+
+def setup(cfg: Config, resume: bool = False) -> Setup:
+    """Build everything the loop needs; on resume restore it from the run directory's latest checkpoint."""
+    run_dir = Path(cfg.output_dir)
+    device = dist.init(cfg.device)  # joins accelerate's process group when launched with several processes
+    cfg.validate_processes(dist.world())
+    if dist.world() > 1:  # the saved config says what ran; a resume on one process then samples the same way
+        cfg = dataclasses.replace(cfg, seed_per_prompt=True)
+    if not resume:
+        check_fresh(run_dir)
+    dist.barrier()  # every process has looked before process 0 writes there
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SelfRLError(f"output_dir {run_dir} is not writable: {e.strerror}") from None
+    lock = lock_run_dir(run_dir) if dist.is_main() else None
+    try:
+        s = _build(cfg, run_dir, device, resume)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    s.lock = lock
+    return s
+
+
+# What a resume may change: how long, how often and how loudly the run goes on, never what it computes.
+RESUME_SAFE = ("max_steps", "eval_every", "eval_limit", "eval_batch_size", "save_every", "save_total_limit",
+               "max_skipped_steps", "report_to", "progress", "torch_threads", "output_dir")
+
+
+def resume_config(run_dir: Path, sets: list[str]) -> Config:
+    """The run's own config.yaml with `sets` on top, for `--resume`. A config.yaml that lacks fields (truncated, or
+    not written by selfrl) is refused rather than completed with defaults, and so is a --set that changes anything
+    but RESUME_SAFE; nothing is written here."""
+    from selfrl.config import read_yaml_mapping
+    from selfrl.grpo_config import load_config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise SelfRLError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+    missing = [f.name for f in dataclasses.fields(Config) if f.name not in read_yaml_mapping(path)]
+    if missing:
+        raise SelfRLError(f"--resume {run_dir}: config.yaml lacks {len(missing)} field(s) ({', '.join(missing[:3])}"
+                          f"{', ...' if len(missing) > 3 else ''}): truncated or not a selfrl run's; refusing to "
+                          "resume on defaults")
+    saved = load_config(path, [f"output_dir={run_dir}"])
+    cfg = load_config(path, list(sets) + [f"output_dir={run_dir}"])
+    for f in dataclasses.fields(Config):
+        was, now = getattr(saved, f.name), getattr(cfg, f.name)
+        if was != now and f.name not in RESUME_SAFE:
+            raise SelfRLError(f"--resume {run_dir}: {f.name} cannot change on resume (the run has {was!r}, --set says "
+                              f"{now!r}); a resume may change only {', '.join(RESUME_SAFE[:-1])}")
+    return cfg
+
+
+def check_fresh(run_dir: Path) -> None:
+    """A new run may not start in a directory that holds another run's metrics or checkpoints (issue 21: nothing
+    of an earlier run is ever overwritten)."""
+    if (run_dir / "metrics.jsonl").exists() and latest_checkpoint(run_dir, verify=False) is None:
+        raise SelfRLError(f"output_dir {run_dir} holds a run that stopped before its first checkpoint, so it cannot "
+                          f"be resumed; delete {run_dir} to start it over, or choose another output_dir")
+    if (run_dir / "metrics.jsonl").exists() or list_checkpoints(run_dir):
+        raise SelfRLError(f"output_dir {run_dir} already holds a run; pass --resume {run_dir} or choose another output_dir")
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive lock on the run directory for this process's lifetime (released when the file closes): a
+    second `train` on the same output_dir stops at once instead of interleaving its metrics with the first's."""
+    import fcntl
+
+    f = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise SelfRLError(f"output_dir {run_dir} is in use by {holder}; wait for it to finish or choose another "
+                          "output_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"selfrl process {os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def release(s: Setup) -> None:
+    """Release the run directory's lock (train() calls this however the run ends)."""
+    if s.lock is not None:
+        s.lock.close()
+        s.lock = None
+
+
+def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
+    """setup()'s body, once the run directory is this process's: every check and load comes before config.yaml is
+    written, so a resume that cannot work leaves the run's own config untouched."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    task = load_task(cfg.task)
+    if cfg.train_file:
+        task = TrainFileTask(task, cfg.train_file, cfg.prompt_column, cfg.answer_column)
+    if cfg.early_stopping_patience is not None:  # fail now, not at the first evaluation
+        task.eval_examples(cfg.early_stopping_split)
+    probes = None
+    if cfg.probes:  # a bad probe file or a changed yardstick fails here, before any model is loaded
+        probes = ProbeGate(run_dir, cfg.probes, task, cfg.probe_tolerance, cfg.max_completion_length,
+                           cfg.eval_batch_size, resume)
+    if cfg.model == "organism" and dist.is_main():
+        organism_path(progress=cfg.progress)  # trained into the cache once, before the other processes look there
+    dist.barrier()
+    model_path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
+    model, tokenizer = load_model(model_path, device)
+    task = with_chat_template(task, tokenizer, cfg.apply_chat_template, cfg.model)  # chat models: prompts as user turns
+    if probes is not None:
+        probes.task = task  # probes are prompts too: rendered the same way
+    if cfg.use_peft:
+        model = lora.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    model.train()
+    prompts = task.train_prompts()
+    if not prompts:
+        raise TaskError(f"task {cfg.task!r} has no training prompts")
+    pool, offline = list(range(len(prompts))), None
+    if cfg.offline_labels or cfg.curriculum_fraction is not None:
+        if resume and not (run_dir / "start_votes.json").is_file():
+            raise SelfRLError(f"--resume {run_dir}: start_votes.json is missing; the start model's votes cannot be redone")
+        labels, shares = start_model_votes(model, tokenizer, task, prompts, cfg.start_votes or cfg.num_generations,
+                                           cfg.max_completion_length, cfg.temperature, cfg.seed, run_dir,
+                                           progress=cfg.progress)
+        offline = labels if cfg.offline_labels else None
+        if cfg.curriculum_fraction is not None:
+            pool = easiest(shares, cfg.curriculum_fraction)
+    momentum = ref = momentum_state = ema_pairs = None
+    if cfg.method == "mgrpo" and cfg.use_peft:  # the EMA runs over the adapters alone; the frozen base is shared
+        lora.add_momentum_adapter(model)
+        momentum_state, ema_pairs = lora.adapter_state(model, lora.MOMENTUM), lora.adapter_pairs(model)
+    elif cfg.method == "mgrpo":
+        momentum = _frozen_copy(model)
+        momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
+    if cfg.beta > 0 and not cfg.use_peft:
+        ref = _frozen_copy(model)
+    sampler = None
+    if cfg.use_vllm:
+        engine = vllm_backend.make_engine(model_path, cfg.vllm_gpu_memory_utilization, cfg.vllm_max_model_length, cfg.seed)
+        sampler = vllm_backend.VLLMSampler(engine)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the policy adapter only
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+    if cfg.lr_scheduler_type == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, cfg.max_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    stream = PromptStream(len(pool), cfg.seed)
+    detector = CollapseDetector(cfg.detector_window, cfg.detector_min_signals) if cfg.collapse_detector != "off" else None
+    s = Setup(cfg=cfg, run_dir=run_dir, task=task, model=model, tokenizer=tokenizer, momentum=momentum, ref=ref,
+              momentum_state=momentum_state, ema_pairs=ema_pairs, sampler=sampler, optimizer=optimizer,
+              scheduler=scheduler, stream=stream, prompts=prompts, pool=pool, offline=offline,
+              oracle_gold=task.train_answers() if cfg.method == "oracle" else None,
+              probes=probes, detector=detector, ema_decay=cfg.ema_decay)
+    if resume:
+        ckpt = latest_checkpoint(run_dir)  # verifies checksums, falling back past corrupt ones with a warning
+        if ckpt is None:
+            raise SelfRLError(f"--resume {run_dir}: no intact checkpoint found (step_*/meta.json): the run stopped "
+                              f"before its first save; delete {run_dir} to start it over")
+        meta = load_checkpoint(ckpt, model, momentum_state, optimizer, scheduler)
+        s.start_step, stream.cursor = meta["step"], meta["cursor"]
+        if dist.is_main():
+            prune_checkpoints(run_dir, None)  # clear a half-written step_*.tmp or half-deleted *.trash from the crash
+            for name, step in read_pointers(run_dir).items():  # pins into the abandoned future are void
+                if step > s.start_step:
+                    set_pointer(run_dir, name, None)
+        _replay_loop_state(s, [r for r in read_metrics(run_dir) if r["step"] <= s.start_step])
+        log.info("resumed from %s (step %d)", ckpt, s.start_step)
+    if dist.is_main():
+        try:
+            cfg.save(run_dir / "config.yaml")
+        except OSError as e:
+            raise SelfRLError(f"output_dir {run_dir} is not writable: {e.strerror}") from None
+    return s
+
+
+def _replay_loop_state(s: Setup, rows: list[dict]) -> None:
+    """The detector's windows, the rollback count, the EMA decay and early stopping's record are functions of the
+    logged metrics, so a resume rebuilds them from metrics.jsonl rather than storing a second copy."""
+    if s.detector is not None:
+        s.detector.replay(rows)
+    for r in rows:
+        s.rollbacks += r.get("detector/rolled_back_to") is not None
+        s.ema_decay = r.get("anchor/ema_decay") or s.ema_decay
+        acc = r.get("stop/accuracy")
+        if acc is not None:
+            s.stop_best, s.stop_waited = ((acc, r["step"]), 0) if acc > s.stop_best[0] else (s.stop_best, s.stop_waited + 1)
+
+
+def evaluate(s: Setup) -> dict:
+    examples = s.task.eval_examples("val")[: s.cfg.eval_limit]
+    mine = examples[dist.rank() :: dist.world()]  # with several processes each scores a share, none waits idle
+    acc, _ = greedy_accuracy(s.model, s.tokenizer, s.task, mine, s.cfg.max_completion_length, s.cfg.eval_batch_size)
+    acc = dist.all_sum(round(acc * len(mine))) / max(len(examples), 1)  # correct answers over all of them
+    out = {"val/accuracy": acc, **(s.probes.score(s.model, s.tokenizer) if s.probes is not None else {})}
+    if s.cfg.early_stopping_patience is not None:  # SRT mitigation 1: a small LABELLED split, disjoint from val
+        held = s.task.eval_examples(s.cfg.early_stopping_split)[: s.cfg.early_stopping_examples]
+        out["stop/accuracy"], _ = greedy_accuracy(s.model, s.tokenizer, s.task, held, s.cfg.max_completion_length,
+                                                  s.cfg.eval_batch_size)
+    return out
+
+
+def open_logger(s: Setup, resume: bool):
+    """metrics.jsonl (+ report_to backends) on process 0; a null logger elsewhere."""
+    if not dist.is_main():
+        return NullLogger()
+    return MetricsLogger(s.run_dir, s.cfg.report_to, truncate_after=s.start_step if resume else None)
+
+
+def gold_audit(s: Setup) -> GoldAudit | None:
+    """Label diagnostics for the step's metrics, or None (gold_diagnostics off, or a task without gold answers)."""
+    if s.cfg.method == "oracle":
+        return GoldAudit(s.task)  # the labelled ceiling: a task without gold answers fails here, clearly
+    if s.cfg.gold_diagnostics:
+        try:
+            return GoldAudit(s.task)
+        except TaskError as e:
+            log.info("gold diagnostics off: %s", e)
+    return None
+
+
+def begin(s: Setup, logger) -> None:
+    """Step 0 of a new run: the start model's evaluation; with the gate, the detector's rollback or early stopping,
+    the start model saved as the first promoted / healthy / best-so-far checkpoint."""
+    cfg = s.cfg
+    first = evaluate(s)
+    if s.probes is not None:
+        # The start model is the gate's baseline and the first promoted checkpoint: the rollback target until
+        # a trained checkpoint passes the gate.
+        s.probes.set_baseline(first)
+        first.update({"safety/alarm": 0, "gate/promoted": 0})
+    if s.probes is not None or cfg.collapse_detector in ("rollback", "stop") or cfg.early_stopping_patience:
+        save(s, 0, {**first, "healthy": 1})
+        for name in ["healthy"] + ["promoted"] * (s.probes is not None):
+            set_pointer(s.run_dir, name, 0)
+    if "stop/accuracy" in first:
+        s.stop_best = (first["stop/accuracy"], 0)
+        set_pointer(s.run_dir, "early_stop", 0)
+    logger.log(0, first)
+    s.last_val = first["val/accuracy"]
+
+
+def after_step(s: Setup, step: int, metrics: dict, logger, skipped_why: str | None) -> str | None:
+    """Everything after a step's update, in order: skipped-step accounting, the collapse detector (issue 3) and its
+    response, evaluation, early stopping (SRT mitigation 1: uses labels, reported as such), the misevolution gate
+    (issue 7), logging, saving. Returns why the run stops now, or None."""
+    cfg = s.cfg
+    s.skipped_in_a_row = s.skipped_in_a_row + 1 if skipped_why else 0
+    if skipped_why:
+        log.warning("step %d: non-finite %s; step skipped (%d in a row)", step, skipped_why, s.skipped_in_a_row)
+        s.unhealthy_since_save = True
+    stop_reason = None
+    if s.detector is not None:  # label-free collapse detection: alarm, and with rollback/stop restore healthy weights
+        reading = s.detector.update(metrics)
+        metrics.update({"detector/signals": len(reading.fired), "detector/alarm": int(reading.alarm)})
+        s.unhealthy_since_save |= bool(reading.fired)
+        if reading.alarm:
+            log.info("step %d: collapse signals: %s", step, ", ".join(reading.fired))
+            if cfg.collapse_detector in ("rollback", "stop"):
+                target, stop = detector_response(s, step)
+                metrics["detector/rolled_back_to"] = target
+                stop_reason = "collapse detector" if stop else None
+    save_now = bool(cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps or bool(stop_reason)
+    if step % cfg.eval_every == 0 or step == cfg.max_steps or stop_reason:
+        metrics.update(evaluate(s))
+    elif save_now and s.probes is not None:
+        metrics.update(s.probes.score(s.model, s.tokenizer))  # the gate judges each checkpoint by its own scores
+    if "stop/accuracy" in metrics and not stop_reason:  # early stopping on a small labelled split
+        if metrics["stop/accuracy"] > s.stop_best[0]:
+            s.stop_best, s.stop_waited, save_now = (metrics["stop/accuracy"], step), 0, True
+        else:
+            s.stop_waited += 1
+        if s.stop_waited >= cfg.early_stopping_patience:
+            rollback(s, s.stop_best[1])
+            metrics.update({**evaluate(s), "stop/restored": s.stop_best[1]})
+            stop_reason, save_now = "early stopping", True
+    regressed = {}
+    if s.probes is not None and any(k.startswith("safety/") for k in metrics):
+        regressed = s.probes.regressions(metrics)  # {category: (start, now)} beyond tolerance
+        metrics["safety/alarm"] = int(bool(regressed))
+        if regressed:
+            log.warning("step %d: safety alarm: %s (tolerance %g)", step, describe(regressed), cfg.probe_tolerance)
+        if save_now:  # the promoted checkpoint once this step's gate has acted
+            metrics["gate/promoted"] = last_promoted(s.run_dir) if regressed else step
+            if regressed and cfg.gate_action == "rollback":
+                metrics["gate/rolled_back_to"] = metrics["gate/promoted"]
+    logger.log(step, metrics)
+    s.last_val = metrics.get("val/accuracy", s.last_val)
+    if s.skipped_in_a_row >= cfg.max_skipped_steps:
+        last = latest_checkpoint(s.run_dir, verify=False)
+        raise SelfRLError(f"step {step}: {s.skipped_in_a_row} steps in a row had a non-finite loss or gradient; "
+                          f"stopping (last checkpoint kept: {last.name if last else 'none'})")
+    if save_now:
+        momentum = s.momentum_state.values() if s.momentum_state is not None else None  # full copy or adapter
+        dist.check_replicas(step, {"policy": s.model.parameters(), "momentum": momentum})  # process 0 saves for all
+        if dist.is_main():
+            save_and_pin(s, step, metrics, regressed, healthy=not s.unhealthy_since_save)
+        dist.barrier()  # a resume on any process reads what process 0 wrote
+        s.unhealthy_since_save = False
+    if stop_reason:
+        log.info("step %d: %s: stopped; the final checkpoint is step_%06d", step, stop_reason, step)
+    return stop_reason
+
+
+def save(s: Setup, step: int, extra: dict) -> None:
+    save_checkpoint(s.run_dir, step, s.model, s.tokenizer, s.momentum_state, s.optimizer, s.scheduler, s.stream.cursor,
+                    extra=extra)
+
+
+def rollback(s: Setup, step: int | None) -> None:
+    """Restore the promoted checkpoint's policy, momentum and optimizer state in place. The step counter, data cursor,
+    RNG and learning-rate schedule keep moving forward: replaying the same prompts and seeds would only reproduce
+    the regression (issue 7)."""
+    if step is None:
+        raise SelfRLError(f"rollback impossible: no promoted checkpoint is left in {s.run_dir}")
+    ckpt = step_dir(s.run_dir, step)
+    problem = verify_checkpoint(ckpt)
+    if problem is not None:
+        raise SelfRLError(f"rollback to {ckpt.name} impossible: {problem}")
+    schedule = s.scheduler.state_dict()
+    load_checkpoint(ckpt, s.model, s.momentum_state, s.optimizer, s.scheduler, rng=False)
+    s.scheduler.load_state_dict(schedule)
+    for group, lr in zip(s.optimizer.param_groups, s.scheduler.get_last_lr()):
+        group["lr"] = lr  # the restored optimizer state carries the promoted step's rate
+
+
+def detector_response(s: Setup, step: int) -> tuple[int | None, bool]:
+    """The detector fired at `step`: restore the last healthy checkpoint and, with `rollback`, continue with a lower
+    learning rate and (mgrpo) a slower momentum model; with `stop`, or past max_rollbacks, end the run there.
+    Returns (the step rolled back to or None when there is no healthy checkpoint, whether to stop)."""
+    cfg = s.cfg
+    # The newest checkpoint saved healthy (no skipped step and no detector signal since the one before); read from
+    # the checkpoints' meta rather than the `healthy` pin, which a resume voids when it points past the restart.
+    steps = [int(c.name[5:]) for c in list_checkpoints(s.run_dir)]
+    target = max((st for st in steps if meta_value(s.run_dir, st, "healthy") > 0), default=None)
+    stop = cfg.collapse_detector == "stop" or s.rollbacks >= cfg.max_rollbacks
+    if target is None:
+        log.warning("step %d: collapse alarm but no healthy checkpoint to restore", step)
+        return None, stop
+    rollback(s, target)
+    s.rollbacks += 1
+    s.detector.reset_recent()
+    if not stop:
+        s.scheduler.base_lrs = [lr * cfg.rollback_lr_factor for lr in s.scheduler.base_lrs]
+        for group in s.optimizer.param_groups:
+            group["lr"] *= cfg.rollback_lr_factor
+        s.ema_decay = cfg.rollback_ema_decay if cfg.rollback_ema_decay is not None else s.ema_decay
+    log.warning("step %d: collapse alarm: restored step %d; %s", step, target,
+                "stopping" if stop else f"lr x{cfg.rollback_lr_factor}, ema_decay {s.ema_decay}")
+    return target, stop
+
+
+def save_and_pin(s: Setup, step: int, metrics: dict, regressed: dict, healthy: bool) -> None:
+    """Save this step; pin the best by validation, the last healthy one and the early-stopping best, then keep the
+    newest save_total_limit. The gate (issue 7): a checkpoint within tolerance of the start model's probe scores is
+    promoted; on a regression, `rollback` saves the promoted weights under this step (a resume must not pick up the
+    regressed ones), `stop` saves the regressed checkpoint for inspection and ends the run."""
+    cfg = s.cfg
+    val = metrics.get("val/accuracy")
+    extra = {k: v for k, v in metrics.items() if k in ("val/accuracy", "stop/accuracy") or k.startswith(("safety/", "gate/"))}
+    extra["healthy"] = int(healthy)
+    if "gate/rolled_back_to" in metrics:
+        rollback(s, metrics["gate/rolled_back_to"])
+        # This step's val and probe scores describe the weights just discarded, not the ones saved here.
+        extra, val = {"gate/rolled_back_to": metrics["gate/rolled_back_to"], "healthy": int(healthy)}, None
+    save(s, step, extra)
+    if s.probes is not None and not regressed:
+        set_pointer(s.run_dir, "promoted", step)
+    pins = read_pointers(s.run_dir)
+    if val is not None and val > meta_value(s.run_dir, pins.get("best"), "val/accuracy"):
+        set_pointer(s.run_dir, "best", step)
+    if healthy:
+        set_pointer(s.run_dir, "healthy", step)
+    if s.stop_best[1] == step:
+        set_pointer(s.run_dir, "early_stop", step)
+    prune_checkpoints(s.run_dir, cfg.save_total_limit)
+    if regressed and cfg.gate_action == "stop":
+        raise SelfRLError(f"step {step}: safety gate: {describe(regressed)} (tolerance {cfg.probe_tolerance}); "
+                          f"stopped; step_{step:06d} kept unpromoted, promoted checkpoint: step {metrics['gate/promoted']}")
