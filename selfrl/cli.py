@@ -177,11 +177,22 @@ def cmd_config(args) -> None:
         print(f"{name}: {value!r}\n    {docs.get(name, '')}")
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count flag: an integer >= 1 (a negative --limit would be used as a slice from the end)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _generation_args(parser: argparse.ArgumentParser, task_help: str) -> None:
     """Options of the commands that score a model by greedy generation (eval, probe)."""
     parser.add_argument("--task", default="arith", help=task_help)
-    parser.add_argument("--max-completion-length", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-completion-length", type=positive_int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--apply-chat-template", choices=("auto", "true", "false"), default="auto",
                         help="render prompts through the tokenizer's chat template (auto: when it has one, as in training)")
@@ -204,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="greedy accuracy of a model, checkpoint or run on a labelled split")
     e.add_argument("model", help="model directory, step_* checkpoint, run directory, or 'organism'")
     e.add_argument("--split", default="test")
-    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--limit", type=positive_int, default=None, help="score at most this many examples (>= 1)")
     _generation_args(e, task_help="task whose labelled split is scored")
     e.set_defaults(func=cmd_eval)
 

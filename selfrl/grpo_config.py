@@ -90,8 +90,8 @@ class Config:
     """Most prompt draws of prompts_per_step per step while refilling; a step trains on the prompts that passed."""
     early_stopping_patience: int | None = None
     """Stop after this many evaluations without a gain on a small LABELLED split, restoring the best (uses labels)."""
-    early_stopping_split: str = "test"
-    """Labelled split the early stopping reads (disjoint from val, which reports the result)."""
+    early_stopping_split: str = "stop"
+    """Labelled split early stopping reads: its own, never val or test, which report the result (arith: "stop")."""
     early_stopping_examples: int = 40
     """Examples of that split read by early stopping (1% of arith's 4000 training prompts, as in SRT)."""
 
@@ -211,10 +211,20 @@ class Config:
             raise ConfigError("offline_labels/online_filter: intuitor's reward is self-certainty, not a vote")
         if self.method == "ttrl" and self.num_votes < self.num_generations:
             raise ConfigError(f"num_votes: {self.num_votes} must be >= num_generations ({self.num_generations}) for ttrl")
+        if self.early_stopping_split in ("val", "test"):
+            raise ConfigError(f"early_stopping_split: {self.early_stopping_split!r} reports the result; a checkpoint "
+                              "picked on it would be judged on the data that picked it (use the task's own split, "
+                              "e.g. arith's 'stop')")
         if self.use_vllm and self.seed_per_prompt:
             raise ConfigError("seed_per_prompt: the vLLM engine samples with its own generator; per-prompt seeds "
                               "apply to the HF sampler only (set use_vllm: false)")
-        checks = [  # (field, holds, what it must be)
+        checks = [  # (field, holds, what it must be): every numeric field has its range (issue 21)
+            ("seed", self.seed >= 0, ">= 0"),
+            ("num_votes", self.num_votes >= 2, ">= 2"),
+            ("num_momentum_generations", self.num_momentum_generations is None or self.num_momentum_generations >= 1,
+             ">= 1 or null"),
+            ("max_grad_norm", self.max_grad_norm > 0, "> 0 (a negative clip norm flips every update)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("prompts_per_step", self.prompts_per_step >= 1, ">= 1"),
             ("max_completion_length", self.max_completion_length >= 1, ">= 1"),
             ("temperature", self.temperature > 0, "> 0"),

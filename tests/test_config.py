@@ -173,3 +173,26 @@ def test_more_invalid_values(pair):
         load_config(None, [pair])
     assert pair.split("=")[0] in str(e.value) or "num_momentum_generations" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_every_numeric_field_has_a_range():
+    """-1 is out of range for every int and float field (issue 21: max_grad_norm=-1 used to be accepted and made
+    every update climb the loss); each is one line naming the field."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(Config)
+    numeric = [f.name for f in dataclasses.fields(Config)
+               if {int, float} & ({hints[f.name]} | set(typing.get_args(hints[f.name])))]
+    assert len(numeric) > 30
+    for name in numeric:
+        with pytest.raises(ConfigError, match=f"^{name}: ") as e:
+            load_config(None, [f"{name}=-1"])
+        assert "\n" not in str(e.value)
+
+
+def test_sizes_are_derived_once():
+    # mgrpo, G = 8: N = 8/4 = 2 momentum, M = 6 trained, pooled G = 6 + 2 = 8
+    assert tuple(load_config(None, ["num_generations=8", "prompts_per_step=4"]).sizes()) == (4, 8, 6, 2)
+    # ttrl votes over num_votes = 6 policy samples and trains the first num_generations = 4; no momentum
+    assert tuple(load_config(None, ["method=ttrl", "num_generations=4", "num_votes=6", "prompts_per_step=4"]).sizes(2)) == (2, 6, 4, 0)

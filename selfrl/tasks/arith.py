@@ -9,7 +9,8 @@ reinforce its own errors and collapse (methods.md §2). The data are generated f
 sees the same splits; splits never share a question.
 
 Splits: `sft` (labelled warm-up for the model organism), `train` (unlabelled for label-free methods: the trainer
-gets questions only), `val` and `test` (labelled, evaluation and diagnostics only).
+gets questions only), `val` and `test` (labelled, evaluation and diagnostics only), `stop` (labelled, for early
+stopping alone: a checkpoint picked on it is never reported on it).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import re
 from selfrl.errors import TaskError
 from selfrl.tasks import Task
 
-SPLIT_SIZES = {"sft": 20000, "train": 4000, "val": 256, "test": 1000}
+SPLIT_SIZES = {"sft": 20000, "train": 4000, "val": 256, "test": 1000, "stop": 400}  # "stop" last: the others unchanged
 DATA_SEED = 20251213
 # re.ASCII: without it \d takes fullwidth and other-script digits ("=１５１"), which int() would quietly accept.
 _ANSWER = re.compile(r"=\s*(-?\d+)\s*$", re.ASCII)
@@ -72,8 +73,8 @@ class ArithTask(Task):
         return [a for _, _, a in self._splits["train"]]
 
     def eval_examples(self, split: str) -> list[tuple[str, str]]:
-        if split not in ("val", "test"):
-            raise TaskError(f"task 'arith' has labelled splits 'val' and 'test', not {split!r}")
+        if split not in ("val", "test", "stop"):
+            raise TaskError(f"task 'arith' has labelled splits 'val', 'test' and 'stop', not {split!r}")
         return [(q, a) for q, _, a in self._splits[split]]
 
     def sft_examples(self) -> list[tuple[str, str]]:
