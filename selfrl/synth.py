@@ -156,7 +156,8 @@ class SynthConfig:
             ("vote_temperature", self.vote_temperature > 0, "> 0"),
             ("vote_max_completion_length", self.vote_max_completion_length >= 1, ">= 1"),
             ("min_majority_share", 0 <= self.min_majority_share <= 1, "in [0, 1]"),
-            ("max_majority_share", self.min_majority_share <= self.max_majority_share <= 1, "in [min_majority_share, 1]"),
+            ("max_majority_share", self.min_majority_share <= self.max_majority_share <= 1,
+             "in [min_majority_share, 1]"),
             ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
             ("dtype", self.dtype in ("float32", "bfloat16"), "float32 or bfloat16"),
             ("torch_threads", self.torch_threads is None or self.torch_threads >= 1, ">= 1 or null"),
@@ -320,33 +321,44 @@ def run_synth(cfg: SynthConfig) -> dict:
     chat = use_chat_template(tokenizer, cfg.apply_chat_template, cfg.model)
     prompts = synthesis_prompts(cfg, seeds)
     rendered = [render_prompt(tokenizer, text, chat) for text, _ in prompts]
-    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in tokenizer(rendered[0], add_special_tokens=False)["input_ids"]:
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk in tokenizer(rendered[0], add_special_tokens=False)["input_ids"]:
         log.warning("the synthesis prompt holds characters the tokenizer does not know (<unk>); see docs/synth.md")
     completions = sample_texts(model, tokenizer, rendered, cfg.num_generations, cfg.max_completion_length,
                                cfg.temperature, cfg.batch_size, cfg.progress, desc=f"writing questions ({cfg.mode})")
+    index = ContaminationIndex(evals, cfg.contamination_ngram)
+    rows = judge(completions, [shown for _, shown in prompts], cfg, seeds, index, model, tokenizer, task)
+    report = build_report(cfg, rows)
+    _write(out, cfg, rows, report)
+    if not report["counts"]["kept"]:
+        raise SelfRLError(f"no synthesized question passed the filters; see {out / 'report.md'}")
+    return report
+
+
+def judge(completions: list[str], shown: list[list[str]], cfg: SynthConfig, seeds: list[str],
+          index: ContaminationIndex, model, tokenizer, task) -> list[dict]:
+    """One row per completion (prompt-major, cfg.num_generations per prompt; shown[i]: the seeds prompt i showed):
+    its parsed question, the first filter it failed ("reason", None: kept), the model's majority share (None: not
+    voted) and the proposer's reward. A loop that trains the question writer with GRPO calls this on each group of
+    written questions and reads "proposer_reward"; duplicates are judged within the call and against `seeds`."""
     rows = []
     for j, text in enumerate(completions):
         q, why = parse_question(text, cfg.question_pattern)
         i = j // cfg.num_generations
-        rows.append({"completion": text, "question": q, "reason": why, "mode": cfg.mode, "seeds": prompts[i][1],
+        rows.append({"completion": text, "question": q, "reason": why, "mode": cfg.mode, "seeds": shown[i],
                      "step": cfg.step, "prompt_index": i, "majority_share": None})
-    reasons = text_filters([r["question"] for r in rows], seeds, ContaminationIndex(evals, cfg.contamination_ngram),
-                           cfg.min_question_length, cfg.max_question_length, cfg.near_duplicate_ngram,
-                           cfg.near_duplicate_threshold)
+    reasons = text_filters([r["question"] for r in rows], seeds, index, cfg.min_question_length,
+                           cfg.max_question_length, cfg.near_duplicate_ngram, cfg.near_duplicate_threshold)
     for r, why in zip(rows, reasons):
         r["reason"] = r["reason"] or why
     passed = [r for r in rows if r["reason"] is None]
     for r, (answer, share) in zip(passed, vote(model, tokenizer, task, [r["question"] for r in passed], cfg)):
         r["majority_share"] = share
         r["reason"] = band_reason(answer, share, cfg.min_majority_share, cfg.max_majority_share)
-    pre_vote_ok = [r["majority_share"] is not None for r in rows]
-    for r, reward in zip(rows, proposer_rewards([r["majority_share"] for r in rows], pre_vote_ok)):
+    voted = [r["majority_share"] is not None for r in rows]  # passed every filter before the vote
+    for r, reward in zip(rows, proposer_rewards([r["majority_share"] for r in rows], voted)):
         r["proposer_reward"] = reward
-    report = build_report(cfg, rows)
-    _write(out, cfg, rows, report)
-    if not report["counts"]["kept"]:
-        raise SelfRLError(f"no synthesized question passed the filters; see {out / 'report.md'}")
-    return report
+    return rows
 
 
 def build_report(cfg: SynthConfig, rows: list[dict]) -> dict:
@@ -384,7 +396,8 @@ def report_markdown(report: dict) -> str:
         lines += ["", "Kept, first ones:", ""] + [f"- `{q}`" for q in report["kept_examples"]]
     if report["examples"]:
         lines += ["", "Dropped, examples per filter:", ""]
-        lines += [f"- {k}: " + ", ".join(f"`{json.dumps(q)[1:-1][:80]}`" for q in v) for k, v in report["examples"].items()]
+        for reason, texts in report["examples"].items():  # JSON-escaped: a completion may hold newlines or backticks
+            lines.append(f"- {reason}: " + ", ".join(f"`{json.dumps(t)[1:-1][:80]}`" for t in texts))
     return "\n".join(lines) + "\n"
 
 
