@@ -1,4 +1,4 @@
-"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth."""
 from __future__ import annotations
 
 import argparse
@@ -168,6 +168,15 @@ def cmd_study(args) -> None:
         raise SelfRLError(f"{len(failed)} of {len(outcomes)} runs failed ({', '.join(failed)}); see {out / 'report.md'}")
 
 
+def cmd_synth(args) -> None:
+    from selfrl.synth import load_synth_config, run_synth
+
+    cfg = load_synth_config(args.config, args.set)
+    counts = run_synth(cfg)["counts"]
+    print(f"kept {counts['kept']} of {counts['generated']} synthesized questions: {cfg.output_dir}/questions.jsonl "
+          f"(report: {cfg.output_dir}/report.md)")
+
+
 def cmd_config(args) -> None:
     from selfrl.grpo_config import Config, field_docs, load_config
 
@@ -254,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field of every run")
     st.add_argument("--report-only", action="store_true", help="train nothing; report on the runs that exist")
     st.set_defaults(func=cmd_study)
+    sy = sub.add_parser("synth", help="the model writes new training questions, filtered, as a train_file JSONL")
+    sy.add_argument("config", nargs="?", help="YAML file of synth config fields (docs/synth.md; default: built-in defaults)")
+    sy.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a synth config field (repeatable)")
+    sy.set_defaults(func=cmd_synth)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
