@@ -25,14 +25,14 @@ def _coerce(cls, name: str, value: object) -> object:
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint)
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "~"):
+        value = None  # --set key=null clears an optional field, text fields included
     if value is None:
         if optional:
             return None
         raise ConfigError(f"{name}: may not be null")
     if isinstance(value, str) and base is not str:
         text = value.strip()
-        if optional and text.lower() in ("none", "null", "~"):
-            return None
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
