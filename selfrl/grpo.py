@@ -218,31 +218,37 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     live = (loss_mask.sum(1) > 0) & ((adv != 0) | (cfg.beta > 0))
     live = live.nonzero().squeeze(1) if live.any() else torch.zeros(1, dtype=torch.long, device=device)
     part = trained.take(live.cpu())
-    with amp:
-        logp, _, _ = score(model, part, cfg.temperature, prompt_of[live], stats=False)  # (n, T) with grad
     ref_logp = None
     if cfg.beta > 0:
         with torch.no_grad(), amp, as_reference(s) as ref:
             ref_logp, _, _ = score(ref, part, cfg.temperature, prompt_of[live], stats=False)
-    #    With several processes the denominator is the global token count: each process's loss is its share
-    #    of the 1-process loss, and the sum of their gradients is that loss's gradient (selfrl/distributed.py).
-    with amp:
-        loss, lm = core.policy_loss(logp, logp.detach(), adv[live], loss_mask[live], cfg.epsilon, cfg.beta, ref_logp,
-                                    n_tokens=dist.all_sum(loss_mask.sum()).clamp(min=1))
-    s.optimizer.zero_grad(set_to_none=True)
-    grad_norm = float("nan")
-    if math.isfinite(dist.all_sum(loss.item())):  # a non-finite loss or gradient must not reach the weights: skip
-        loss.backward()
-        dist.all_reduce_grads_(model.parameters())  # then every process clips and steps on the global gradient
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-    skipped = not math.isfinite(grad_norm)
-    if skipped:
+    #    num_iterations > 1 (TRL's name, GRPO's mu): more optimizer passes over these rollouts, with the sampling-time
+    #    log-probs as the old ones, so the ratio moves and epsilon clips. With several processes the denominator is
+    #    the global token count: each process's loss is its share of the 1-process loss (selfrl/distributed.py).
+    old_logp = trained.logp[live] if cfg.num_iterations > 1 else None
+    updates, skipped = 0, False
+    for _ in range(cfg.num_iterations):
+        with amp:
+            logp, _, _ = score(model, part, cfg.temperature, prompt_of[live], stats=False)  # (n, T) with grad
+            loss, lm = core.policy_loss(logp, logp.detach() if old_logp is None else old_logp, adv[live],
+                                        loss_mask[live], cfg.epsilon, cfg.beta, ref_logp,
+                                        n_tokens=dist.all_sum(loss_mask.sum()).clamp(min=1))
         s.optimizer.zero_grad(set_to_none=True)
-    else:
+        grad_norm = float("nan")
+        if math.isfinite(dist.all_sum(loss.item())):  # a non-finite loss or gradient must not reach the weights
+            loss.backward()
+            dist.all_reduce_grads_(model.parameters())  # then every process clips and steps on the global gradient
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+        skipped = not math.isfinite(grad_norm)
+        if skipped:  # this pass and the ones after it are skipped
+            s.optimizer.zero_grad(set_to_none=True)
+            break
         s.optimizer.step()
-        s.scheduler.step()
+        updates += 1
+    if updates:
+        s.scheduler.step()  # the schedule counts training steps (rollout batches), not passes
     # 6. momentum update after the optimizer step, every step that updated the policy
-    if s.ema_pairs is not None and not skipped:
+    if s.ema_pairs is not None and updates:
         ema, src = s.ema_pairs
         core.ema_update_(ema, [p.detach().float() for p in src], s.ema_decay)
     # 7. metrics (label-free; the label diagnostics are added by the caller, after the step)

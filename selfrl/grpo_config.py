@@ -124,6 +124,8 @@ class Config:
     """KL coefficient to the frozen start model, k3 estimator (M-GRPO: 0.005; SRT: 0.001). 0 skips the reference model."""
     epsilon: float = 0.2
     """PPO clip range of the surrogate (GRPO: 0.2)."""
+    num_iterations: int = 1
+    """Optimizer passes per rollout batch (TRL's name; GRPO's mu). 1: the ratio is 1 and epsilon never acts; more reuse the sampling-time log-probs as the old ones."""
     max_steps: int = 200
     """Training steps (one optimizer update per rollout batch)."""
 
@@ -235,6 +237,7 @@ class Config:
             ("beta", self.beta >= 0, ">= 0"),
             ("epsilon", self.epsilon > 0, "> 0"),
             ("max_steps", self.max_steps >= 1, ">= 1"),
+            ("num_iterations", self.num_iterations >= 1, ">= 1"),
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("save_every", self.save_every >= 0, ">= 0"),
             ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1, ">= 1 or null"),

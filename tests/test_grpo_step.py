@@ -1,0 +1,73 @@
+"""The trainer's step end to end on the tiny model (issue 21): the IQR filter's drops leave the vote, the advantages
+and the loss; TTRL votes over num_votes and trains the first num_generations; num_iterations makes epsilon act."""
+from __future__ import annotations
+
+import torch
+
+import selfrl.grpo as grpo
+from selfrl import core
+from selfrl.grpo import grpo_step, train
+from selfrl.grpo_config import load_config
+from selfrl.run import setup
+from tests.conftest import tiny_sets
+
+OFF = torch.autocast("cpu", enabled=False)
+
+
+def spy(monkeypatch, name, calls):
+    real = getattr(core, name)
+
+    def wrapper(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((args, kwargs, out))
+        return out
+
+    monkeypatch.setattr(grpo.core, name, wrapper)
+
+
+def test_iqr_drops_leave_vote_advantages_and_loss(tiny_model_dir, tmp_path, monkeypatch):
+    s = setup(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "iqr", method="mgrpo", iqr_filter="true",
+                                          num_generations=4, num_momentum_generations=1)))
+    B, G, M, N = s.cfg.sizes()  # 4 prompts, G = 4 pooled (3 policy + 1 momentum), M = 3 trained
+    # Drop voter 0 (a trained policy rollout) of every prompt and voter 3 (the momentum rollout) of prompt 0.
+    forced = torch.ones(B, G, dtype=torch.bool)
+    forced[:, 0] = False
+    forced[0, 3] = False
+    monkeypatch.setattr(grpo.core, "iqr_keep_mask", lambda H, k: forced.clone())
+    votes, advs, losses = [], [], []
+    spy(monkeypatch, "vote_texts", votes)
+    spy(monkeypatch, "group_advantages", advs)
+    spy(monkeypatch, "policy_loss", losses)
+    out = grpo_step(s, 1, s.cfg.sizes(), OFF)
+    assert [list(c[0][3]) for c in votes] == forced.tolist()  # each prompt's vote saw exactly the survivors
+    rewards, keep_train = advs[0][0]
+    assert torch.equal(keep_train, forced[:, :M])
+    assert (advs[0][2][:, 0] == 0).all()  # a dropped rollout gets no advantage
+    assert out.metrics["filter/dropped"] == B + 1  # 4 policy rows + 1 momentum row
+    # the loss mask of every dropped trained row is zero (rows that stay in the loss are the live ones)
+    (logp, old, adv, mask, *_), _, _ = losses[0]
+    assert mask.shape[0] <= B * (M - 1) and mask.sum() > 0
+
+
+def test_ttrl_votes_over_num_votes_and_trains_the_first_num_generations(tiny_model_dir, tmp_path, monkeypatch):
+    s = setup(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "ttrl", method="ttrl", num_generations=4,
+                                          num_votes=6)))
+    votes, rewards = [], []
+    spy(monkeypatch, "vote_texts", votes)
+    spy(monkeypatch, "match_rewards", rewards)
+    out = grpo_step(s, 1, s.cfg.sizes(), OFF)
+    assert [len(c[0][0]) for c in votes] == [6] * 4  # 6 voters per prompt
+    assert [len(c[0][0]) for c in rewards] == [4] * 4  # the first 4 of them are rewarded (and trained)
+    assert all(c[0][0] == v[2][0][:4] for c, v in zip(rewards, votes))  # ... and they are the vote's first 4 answers
+    assert out.weights["policy/response_length"] == 4 * 4
+
+
+def test_num_iterations_lets_the_clip_act(tiny_model_dir, tmp_path):
+    one = train(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "one", method="srt", max_steps=3)))
+    many = train(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "many", method="srt", max_steps=3,
+                                             num_iterations=4, learning_rate=5e-2)))
+    import json
+
+    clip = lambda d: [json.loads(l).get("loss/clip_frac") for l in (d / "metrics.jsonl").read_text().splitlines()][1:]
+    assert clip(one) == [0.0, 0.0, 0.0]  # one pass: ratio 1, the clip never acts
+    assert max(clip(many)) > 0  # later passes move the ratio past 1 ± epsilon
