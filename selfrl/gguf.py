@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -90,11 +91,9 @@ def load_gguf(path: Path, dtype: str = "float32"):
     transformers' GGUF marker (use `plain_copy` before saving). Every failure is a one-line ModelError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        import gguf  # noqa: F401 - transformers needs it to read the file; say so before it does
-    except ImportError:
+    if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF through it; say so before it fails
         raise ModelError(f"model {path} is a GGUF file, which needs the gguf package: "
-                         "pip install 'selfrl[gguf]' (or pip install gguf)") from None
+                         "pip install 'selfrl[gguf]' (or pip install gguf)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=getattr(torch, dtype))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -16,7 +17,9 @@ import pytest
 import torch
 
 from selfrl.errors import ModelError
+from selfrl.organism import cache_dir
 
+USER_CACHE = cache_dir()  # read at import, before the fixture below points SELFRL_CACHE at a temporary directory
 HAS_GGUF = importlib.util.find_spec("gguf") is not None
 needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="the gguf package is not installed (pip install 'selfrl[gguf]')")
 
@@ -238,12 +241,9 @@ def test_smollm2_wheel_with_the_wrong_file_is_refused(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- the real SmolLM2
 def _real_smollm2():
-    import os
-
     from selfrl import gguf as g
 
-    real_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfrl"
-    path = real_cache / g.SMOLLM2.package / Path(g.SMOLLM2.member).name
+    path = USER_CACHE / g.SMOLLM2.package / Path(g.SMOLLM2.member).name
     if not HAS_GGUF or not path.is_file():
         pytest.skip(f"SmolLM2 GGUF not cached at {path} (python -m selfrl.lab.real fetches it) or gguf not installed")
     return path
@@ -280,7 +280,7 @@ def test_wordarith_answers_and_splits():
     assert {s: len(v) for s, v in splits.items()} == SPLIT_SIZES
     assert len(set().union(*splits.values())) == sum(SPLIT_SIZES.values())  # no question in two splits
     for q, gold in t.eval_examples("val"):
-        a, b = (int(x) for x in __import__("re").findall(r"\d+", q)[:2])
+        a, b = (int(x) for x in re.findall(r"\d+", q)[:2])
         added = any(w in q for w in ("more", "together"))
         assert int(gold) == (a + b if added else a - b) >= 0, q
 
