@@ -45,10 +45,10 @@ def resolve_model_dir(path: str) -> str:
     """'organism' -> the built-in organism; a run directory -> its latest checkpoint's policy; a step_* checkpoint ->
     its policy; else unchanged."""
     from selfrl.checkpoint import latest_checkpoint
-    from selfrl.organism import organism_path
+    from selfrl.run import model_source
 
-    if path == "organism":
-        return str(organism_path())
+    if path == "organism" or path == "smollm2" or path.endswith(".gguf"):
+        return model_source(path)
     p = Path(path)
     if (p / "metrics.jsonl").is_file():
         ckpt = latest_checkpoint(p)

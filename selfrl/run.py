@@ -228,10 +228,10 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     if cfg.probes:  # a bad probe file or a changed yardstick fails here, before any model is loaded
         probes = ProbeGate(run_dir, cfg.probes, task, cfg.probe_tolerance, cfg.max_completion_length,
                            cfg.eval_batch_size, resume)
-    if cfg.model == "organism" and dist.is_main():
-        organism_path(progress=cfg.progress)  # trained into the cache once, before the other processes look there
+    if dist.is_main():  # the organism trained, a GGUF file converted, into the cache once, before the others look
+        model_source(cfg.model, cfg.progress)
     dist.barrier()
-    model_path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
+    model_path = model_source(cfg.model, cfg.progress)
     model, tokenizer = load_model(model_path, device)
     task = with_chat_template(task, tokenizer, cfg.apply_chat_template, cfg.model)  # chat models: prompts as user turns
     if probes is not None:
@@ -299,6 +299,16 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
         except OSError as e:
             raise SelfRLError(f"output_dir {run_dir} is not writable: {e.strerror}") from None
     return s
+
+
+def model_source(model: str, progress: bool = True) -> str:
+    """A loadable HF directory or hub id for `model`: "organism" -> the cached built-in organism; "smollm2", a .gguf
+    file -> its cached conversion (selfrl/gguf.py); anything else unchanged."""
+    from selfrl.gguf import resolve_model_source
+
+    if model == "organism":
+        return str(organism_path(progress=progress))
+    return resolve_model_source(model, progress=progress)
 
 
 def _replay_loop_state(s: Setup, rows: list[dict]) -> None:

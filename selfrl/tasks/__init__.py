@@ -89,6 +89,10 @@ def load_task(spec: str):
         from selfrl.tasks.math import MathTask
 
         return MathTask()
+    if spec == "wordarith":
+        from selfrl.tasks.wordarith import WordArithTask
+
+        return WordArithTask()
     cls = _load_class(spec)
     try:
         task = cls()
