@@ -20,6 +20,7 @@ def arm(point: str, n: int) -> None:
     import selfrl.checkpoint as ckpt
     import selfrl.logger as logger
     import selfrl.grpo as train
+    import selfrl.run as run
 
     calls = {"n": 0}
 
@@ -56,11 +57,11 @@ def arm(point: str, n: int) -> None:
     elif point == "ema":  # after the optimizer step, before the momentum update: policy and EMA disagree
         wrap(train.core, "ema_update_")
     elif point == "eval":  # during greedy evaluation
-        wrap(train, "greedy_accuracy")
+        wrap(run, "greedy_accuracy")
     elif point == "save_torn":  # inside a checkpoint write: the momentum file is torn, the .tmp dir half full
         wrap(ckpt, "save_file", mid=half_file)
     elif point == "pointer":  # checkpoint renamed into place, pins not yet written
-        wrap(train, "set_pointer")
+        wrap(run, "set_pointer")
     elif point == "prune":  # retention renamed an old checkpoint to *.trash and died before deleting it
         rmtree = ckpt.shutil.rmtree
 
