@@ -167,6 +167,7 @@ class StepOut:
     ids: list[int]  # the step's prompt indices
     labels: list[str | None]  # the label each prompt's rollouts were rewarded against
     answers: list[list[str | None]]  # (B, G) each voter's extracted answer
+    keep_train: list[list[bool]]  # (B, M) the trained rollouts the IQR filter kept
     skipped_why: str | None  # "loss" or "gradient" when a non-finite one skipped the update, else None
 
 
@@ -276,9 +277,10 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     n_resp = resp_mask.sum().item()
     weights = {"reward/pseudo": kept_r.numel(), "vote/majority_share": b, "vote/unanimous_groups": b,
                "policy/entropy": n_resp, "policy/self_certainty": n_resp, "policy/response_length": b * M,
-               "filter/dropped_frac": b * G, "anchor/kl": n_resp, "reward/label_accuracy": b, "reward/true": b * M}
+               "filter/dropped_frac": b * G, "anchor/kl": n_resp, "reward/label_accuracy": b,
+               "reward/true": int(keep_train.sum())}
     why = ("loss" if not torch.isfinite(loss) else "gradient") if skipped else None
-    return StepOut(metrics, weights, ids, labels, answers, why)
+    return StepOut(metrics, weights, ids, labels, answers, keep_train.tolist(), why)
 
 
 def train(cfg: Config, resume: bool = False) -> Path:
@@ -293,7 +295,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 def _loop(s: Setup, resume: bool) -> Path:
     cfg = s.cfg  # as resolved for this launch (several processes turn seed_per_prompt on)
     sizes = cfg.sizes(dist.world())
-    audit = run.gold_audit(s)
+    audit = s.audit
     logger = run.open_logger(s, resume)
     amp = torch.autocast(next(s.model.parameters()).device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     if not resume:
@@ -304,7 +306,7 @@ def _loop(s: Setup, resume: bool) -> Path:
         t0 = time.perf_counter()
         out = grpo_step(s, step, sizes, amp)
         if audit is not None:  # label diagnostics, after the step: nothing here feeds a reward
-            out.metrics.update(audit.metrics(out.ids, out.labels, out.answers, sizes.M))
+            out.metrics.update(audit.metrics(out.ids, out.labels, out.answers, out.keep_train))
         # with several processes, each mean becomes the global one, weighted by the items it averages
         metrics = dist.global_metrics(out.metrics, weights=out.weights,
                                       sums=("filter/dropped", "loss/pg", "loss/kl", "loss/clip_frac"))

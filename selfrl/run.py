@@ -68,12 +68,29 @@ class GoldAudit:
         self.task = task
         self.gold = task.train_answers()
 
-    def metrics(self, ids: list[int], labels: list[str | None], answers: list[list[str | None]], m: int) -> dict:
+    def metrics(self, ids: list[int], labels: list[str | None], answers: list[list[str | None]],
+                keep: list[list[bool]]) -> dict:
+        """label accuracy per prompt; reward/true over the trained rollouts the IQR filter kept (`keep`: (B, M)), the
+        same rollouts reward/pseudo averages (None when the filter kept none)."""
         gold = [self.gold[i] for i in ids]
         eq = self.task.is_equivalent
         label_acc = np.mean([lbl is not None and eq(lbl, g) for lbl, g in zip(labels, gold)])
-        true = np.mean([a is not None and eq(a, g) for row, g in zip(answers, gold) for a in row[:m]])
-        return {"reward/label_accuracy": float(label_acc), "reward/true": float(true)}
+        true = [a is not None and eq(a, g) for row, krow, g in zip(answers, keep, gold) for a, k in zip(row, krow) if k]
+        return {"reward/label_accuracy": float(label_acc), "reward/true": float(np.mean(true)) if true else None}
+
+
+class LabelFree:
+    """The task as a label-free loop sees it: everything but the gold training answers, which raise (issue 21: the
+    separation is structural, not one `if`). Evaluation's labelled splits stay readable: they score, never reward."""
+
+    def __init__(self, task, method: str):
+        self._task, self._method = task, method
+
+    def train_answers(self):
+        raise TaskError(f"method {self._method!r} is label-free: the training loop holds no gold answers")
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
 
 
 @dataclass
@@ -97,6 +114,7 @@ class Setup:
     pool: list[int]  # indices of the prompts trained on (all, or the curriculum's easiest fraction)
     offline: list[str | None] | None  # start-model pseudo-labels per prompt (offline_labels), else None
     oracle_gold: list[str] | None  # gold training answers, held only by the labelled `oracle` method, else None
+    audit: GoldAudit | None  # label diagnostics, computed after each step (gold_diagnostics), else None
     probes: ProbeGate | None  # the misevolution gate (selfrl/safety.py), None when cfg.probes is unset
     detector: CollapseDetector | None
     ema_decay: float  # mgrpo's decay now (a detector rollback may raise it)
@@ -273,12 +291,16 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     else:
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
     stream = PromptStream(len(pool), cfg.seed)
+    # Gold answers: the labelled oracle's reward and the after-step diagnostics take theirs here; the loop itself
+    # gets a view of the task without them.
+    audit = gold_audit(cfg, task)
+    oracle_gold = task.train_answers() if cfg.method == "oracle" else None
+    task = task if cfg.method == "oracle" else LabelFree(task, cfg.method)
     detector = CollapseDetector(cfg.detector_window, cfg.detector_min_signals) if cfg.collapse_detector != "off" else None
     s = Setup(cfg=cfg, run_dir=run_dir, task=task, model=model, tokenizer=tokenizer, momentum=momentum, ref=ref,
               momentum_state=momentum_state, ema_pairs=ema_pairs, sampler=sampler, optimizer=optimizer,
               scheduler=scheduler, stream=stream, prompts=prompts, pool=pool, offline=offline,
-              oracle_gold=task.train_answers() if cfg.method == "oracle" else None,
-              probes=probes, detector=detector, ema_decay=cfg.ema_decay)
+              oracle_gold=oracle_gold, audit=audit, probes=probes, detector=detector, ema_decay=cfg.ema_decay)
     if resume:
         ckpt = latest_checkpoint(run_dir)  # verifies checksums, falling back past corrupt ones with a warning
         if ckpt is None:
@@ -344,13 +366,13 @@ def open_logger(s: Setup, resume: bool):
     return MetricsLogger(s.run_dir, s.cfg.report_to, truncate_after=s.start_step if resume else None)
 
 
-def gold_audit(s: Setup) -> GoldAudit | None:
+def gold_audit(cfg: Config, task) -> GoldAudit | None:
     """Label diagnostics for the step's metrics, or None (gold_diagnostics off, or a task without gold answers)."""
-    if s.cfg.method == "oracle":
-        return GoldAudit(s.task)  # the labelled ceiling: a task without gold answers fails here, clearly
-    if s.cfg.gold_diagnostics:
+    if cfg.method == "oracle":
+        return GoldAudit(task)  # the labelled ceiling: a task without gold answers fails here, clearly
+    if cfg.gold_diagnostics:
         try:
-            return GoldAudit(s.task)
+            return GoldAudit(task)
         except TaskError as e:
             log.info("gold diagnostics off: %s", e)
     return None

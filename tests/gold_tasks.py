@@ -10,6 +10,13 @@ class PoisonedGold(ArithTask):
         raise RuntimeError("gold training answers were read")
 
 
+class PoisonedGoldSmall(PoisonedGold):
+    """PoisonedGold on 64 training prompts, so the start model's votes (offline labels, curriculum) take seconds."""
+
+    def train_prompts(self):
+        return super().train_prompts()[:64]
+
+
 class UnreachableGold(ArithTask):
     """Every gold training answer is a string no extracted answer can equal: label-free training must not notice."""
 

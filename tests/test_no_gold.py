@@ -19,12 +19,30 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method,extra", [("srt", {}), ("ttrl", {}), ("mgrpo", {}), ("mgrpo", {"iqr_filter": "true"})])
+@pytest.mark.parametrize("method,extra", [
+    ("srt", {}), ("ttrl", {}), ("mgrpo", {}), ("mgrpo", {"iqr_filter": "true"}), ("intuitor", {}),
+    ("srt", {"offline_labels": "true", "start_votes": 2}), ("srt", {"curriculum_fraction": 0.5, "start_votes": 2}),
+    ("srt", {"online_filter": 0.25}),
+    ("mgrpo", {"collapse_detector": "rollback", "detector_window": 2, "detector_min_signals": 1, "max_steps": 4}),
+])
 def test_label_free_methods_never_read_gold(tiny_model_dir, tmp_path, method, extra):
     out = tmp_path / "run"
-    train(load_config(None, tiny_sets(tiny_model_dir, out, method=method, task=f"{TASKS}:PoisonedGold",
+    train(load_config(None, tiny_sets(tiny_model_dir, out, method=method, task=f"{TASKS}:PoisonedGoldSmall",
                                       gold_diagnostics="false", **extra)))
-    assert [r["step"] for r in rows(out)] == [0, 1, 2]
+    assert [r["step"] for r in rows(out)] == list(range(int(extra.get("max_steps", 2)) + 1))
+
+
+def test_the_loop_holds_no_gold_answers(tiny_model_dir, tmp_path):
+    """Structure, not one `if`: a label-free run's task view raises on train_answers; oracle's holds them."""
+    from selfrl.errors import TaskError
+    from selfrl.run import setup
+
+    s = setup(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "srt", method="srt")))
+    with pytest.raises(TaskError, match="label-free"):
+        s.task.train_answers()
+    assert s.oracle_gold is None and s.task.train_prompts()  # prompts, formatting and evaluation stay readable
+    s = setup(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "oracle", method="oracle")))
+    assert s.oracle_gold is not None and len(s.oracle_gold) == len(s.prompts)
 
 
 def test_unlabelled_task_trains_label_free_and_oracle_refuses(tiny_model_dir, tmp_path):
