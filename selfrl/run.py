@@ -260,6 +260,7 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     prompts = task.train_prompts()
     if not prompts:
         raise TaskError(f"task {cfg.task!r} has no training prompts")
+    check_prompt_lengths(task, tokenizer, model, prompts, cfg.max_completion_length)
     pool, offline = list(range(len(prompts))), None
     if cfg.offline_labels or cfg.curriculum_fraction is not None:
         if resume and not (run_dir / "start_votes.json").is_file():
@@ -321,6 +322,25 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
         except OSError as e:
             raise SelfRLError(f"output_dir {run_dir} is not writable: {e.strerror}") from None
     return s
+
+
+MAX_PROMPT_CHARS = 1_000_000  # a longer line is a broken file, not a prompt: refused before it is even tokenized
+
+
+def check_prompt_lengths(task, tokenizer, model, prompts: list[str], max_completion_length: int) -> None:
+    """Every formatted prompt plus max_completion_length must fit the model's context (a longer one would fail deep
+    inside the model, or take the machine's memory); the first that does not is one line naming it."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    for i, p in enumerate(prompts):
+        if len(p) > MAX_PROMPT_CHARS:
+            raise TaskError(f"training prompt {i} is {len(p):,} characters long (limit {MAX_PROMPT_CHARS:,})")
+    if not limit:
+        return
+    lengths = [len(ids) for ids in tokenizer([task.format_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[i] + max_completion_length > limit:
+        raise TaskError(f"training prompt {i} is {lengths[i]} tokens; with max_completion_length {max_completion_length} "
+                        f"it exceeds the model's context of {limit} tokens ({prompts[i][:40]!r}...)")
 
 
 def model_source(model: str, progress: bool = True) -> str:

@@ -36,6 +36,28 @@ LACKS_METHODS = "class T:\n    def train_prompts(self):\n        return []\n"
 ROW = '{"prompt": "12+34+56="}\n'
 
 
+_HELD = []  # locks the output-in-use case holds while the command runs, as a first `train` would
+
+
+def lock_dir(path: Path) -> None:
+    from selfrl.run import lock_run_dir
+
+    path.mkdir()
+    _HELD.append(lock_run_dir(path))
+
+
+def truncate(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2].rsplit("\n", 1)[0] + "\n")
+
+
+def early_run(ws: Path) -> None:
+    """A run directory whose run stopped before its first checkpoint: config and metrics, no step_*."""
+    (ws / "early").mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(ws / "prev" / name, ws / "early" / name)
+
+
 def data_args(ws: Path, model: Path, text: str) -> list[str]:
     """Train on a JSONL prompt file holding `text`."""
     return train_args(ws, model, f"train_file={write(ws / 'd.jsonl', text)}")
@@ -151,7 +173,25 @@ CASES = [
     ("resume-bad-override", lambda ws, m, mp: ["train", "--resume", str(ws / "prev"), *sets("temperature=0")],
      r"temperature: must be > 0, got 0\.0"),
     ("eval-unknown-split", lambda ws, m, mp: ["eval", str(ws / "prev"), "--split", "train"],
-     r"task 'arith' has labelled splits 'val' and 'test', not 'train'"),
+     r"task 'arith' has labelled splits 'val', 'test' and 'stop', not 'train'"),
+    ("resume-changes-method", lambda ws, m, mp: ["train", "--resume", str(ws / "prev"), *sets("method=srt")],
+     r"--resume .*prev: method cannot change on resume \(the run has 'mgrpo', --set says 'srt'\)"),
+    ("resume-truncated-config", lambda ws, m, mp: truncate(ws / "prev" / "config.yaml")
+     or ["train", "--resume", str(ws / "prev")],
+     r"--resume .*prev: config\.yaml lacks \d+ field\(s\) .*refusing to resume on defaults"),
+    ("output-holds-checkpoints", lambda ws, m, mp: (ws / "prev" / "metrics.jsonl").unlink()
+     or train_args(ws, m, out="prev"), r"output_dir .*prev already holds a run"),
+    ("output-run-without-checkpoint", lambda ws, m, mp: early_run(ws) or train_args(ws, m, out="early"),
+     r"output_dir .*early holds a run that stopped before its first checkpoint, so it cannot be resumed; delete"),
+    ("output-in-use", lambda ws, m, mp: lock_dir(ws / "busy") or train_args(ws, m, out="busy"),
+     r"output_dir .*busy is in use by selfrl process \d+; wait for it to finish or choose another output_dir"),
+    ("negative-grad-norm", lambda ws, m, mp: train_args(ws, m, "max_grad_norm=-1"),
+     r"max_grad_norm: must be > 0 \(a negative clip norm flips every update\), got -1\.0"),
+    ("early-stopping-on-test", lambda ws, m, mp: train_args(ws, m, "early_stopping_patience=2",
+                                                            "early_stopping_split=test"),
+     r"early_stopping_split: 'test' reports the result; a checkpoint picked on it would be judged on the data"),
+    ("prompt-too-long", lambda ws, m, mp: data_args(ws, m, '{"prompt": "%s="}\n' % ("1+" * 40 + "1")),
+     r"training prompt 0 is 82 tokens; with max_completion_length 12 it exceeds the model's context of 64 tokens"),
     ("no-cuda", lambda ws, m, mp: train_args(ws, m, "device=cuda"), r"device: cuda requested but torch sees no CUDA device"),
     ("vllm-no-gpu", lambda ws, m, mp: train_args(ws, m, "use_vllm=true"),
      r"use_vllm: vLLM rollouts need a CUDA GPU; torch sees none \(set use_vllm: false on CPU\)"),

@@ -91,3 +91,9 @@ def test_a_run_stopped_before_its_first_checkpoint_is_no_dead_end(srt_run, tiny_
     resumed = run_cli("train", "--resume", str(run))
     for proc in (fresh, resumed):  # both say the way out (delete it), neither sends the user to the other
         assert proc.returncode == 2 and f"delete {run}" in proc.stderr, proc.stderr
+
+
+def test_count_flags_refuse_zero_and_negatives(srt_run):
+    # a negative --limit was used as a slice from the end (issue 21: figures over nothing)
+    proc = run_cli("eval", str(srt_run), "--split", "val", "--limit", "-3")
+    assert proc.returncode == 2 and "argument --limit: must be >= 1, got -3" in proc.stderr, proc.stderr
