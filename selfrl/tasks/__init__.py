@@ -52,6 +52,46 @@ class Task:
         raise NotImplementedError
 
 
+def unique_splits(sizes: dict[str, int], draw, seed: int) -> dict[str, list[tuple]]:
+    """{split: rows}, each row `draw(rng)` = (question, ..., answer), drawn in the order of `sizes` from one seeded
+    stream, so every machine sees the same splits; no question is in two splits."""
+    import random
+
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits = {}
+    for name, size in sizes.items():
+        rows = []
+        while len(rows) < size:
+            row = draw(rng)
+            if row[0] not in seen:
+                seen.add(row[0])
+                rows.append(row)
+        splits[name] = rows
+    return splits
+
+
+class SplitTask(Task):
+    """A task whose data are `self._splits` = {split: [(question, ..., answer)]}: "train" serves its questions to
+    the loop and its answers to `oracle` and the diagnostics alone; the `labelled` splits serve evaluation."""
+
+    labelled: tuple[str, ...] = ("val", "test")
+    _splits: dict[str, list[tuple]]
+
+    def train_prompts(self) -> list[str]:
+        return [row[0] for row in self._splits["train"]]
+
+    def train_answers(self) -> list[str]:
+        return [row[-1] for row in self._splits["train"]]
+
+    def eval_examples(self, split: str) -> list[tuple[str, str]]:
+        if split not in self.labelled:
+            names = [repr(n) for n in self.labelled]
+            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            raise TaskError(f"task {self.name!r} has labelled splits {listed}, not {split!r}")
+        return [(row[0], row[-1]) for row in self._splits[split]]
+
+
 def _load_class(spec: str):
     target, _, cls_name = spec.rpartition(":")
     if not target or not cls_name:

@@ -17,8 +17,7 @@ from __future__ import annotations
 import random
 import re
 
-from selfrl.errors import TaskError
-from selfrl.tasks import Task
+from selfrl.tasks import SplitTask, unique_splits
 
 SPLIT_SIZES = {"sft": 20000, "train": 4000, "val": 256, "test": 1000, "stop": 400}  # "stop" last: the others unchanged
 DATA_SEED = 20251213
@@ -34,22 +33,12 @@ def _problem(rng: random.Random) -> tuple[str, str, str]:
 
 def make_splits(seed: int = DATA_SEED) -> dict[str, list[tuple[str, str, str]]]:
     """{split: [(question, worked completion, answer)]} with no question in two splits."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    splits = {}
-    for name, size in SPLIT_SIZES.items():
-        rows = []
-        while len(rows) < size:
-            q, completion, ans = _problem(rng)
-            if q not in seen:
-                seen.add(q)
-                rows.append((q, completion, ans))
-        splits[name] = rows
-    return splits
+    return unique_splits(SPLIT_SIZES, _problem, seed)
 
 
-class ArithTask(Task):
+class ArithTask(SplitTask):
     name = "arith"
+    labelled = ("val", "test", "stop")
 
     def __init__(self) -> None:
         self._splits = make_splits()
@@ -65,17 +54,6 @@ class ArithTask(Task):
 
     def is_equivalent(self, a: str, b: str) -> bool:
         return a.strip() == b.strip()
-
-    def train_prompts(self) -> list[str]:
-        return [q for q, _, _ in self._splits["train"]]
-
-    def train_answers(self) -> list[str]:
-        return [a for _, _, a in self._splits["train"]]
-
-    def eval_examples(self, split: str) -> list[tuple[str, str]]:
-        if split not in ("val", "test", "stop"):
-            raise TaskError(f"task 'arith' has labelled splits 'val', 'test' and 'stop', not {split!r}")
-        return [(q, a) for q, _, a in self._splits[split]]
 
     def sft_examples(self) -> list[tuple[str, str]]:
         """Labelled warm-up pairs (question, completion) for the model organism's SFT start."""

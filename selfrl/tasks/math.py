@@ -40,7 +40,7 @@ from math_verify import LatexExtractionConfig, parse, verify
 
 from selfrl.data import read_jsonl
 from selfrl.errors import TaskError
-from selfrl.tasks import Task
+from selfrl.tasks import SplitTask
 
 SAMPLE = Path(__file__).with_name("math_sample.jsonl")
 MAX_ANSWER_CHARS = 1000  # longer boxed content is no answer: a real final answer is a few dozen characters
@@ -224,7 +224,7 @@ def equivalent(a: str, b: str) -> bool:
         return False
 
 
-class MathTask(Task):
+class MathTask(SplitTask):
     name = "math"
 
     def __init__(self, path: str | Path = SAMPLE) -> None:
@@ -250,14 +250,3 @@ class MathTask(Task):
 
     def is_equivalent(self, a: str, b: str) -> bool:
         return equivalent(a, b)
-
-    def train_prompts(self) -> list[str]:
-        return [q for q, _ in self._splits["train"]]
-
-    def train_answers(self) -> list[str]:
-        return [a for _, a in self._splits["train"]]
-
-    def eval_examples(self, split: str) -> list[tuple[str, str]]:
-        if split not in ("val", "test"):
-            raise TaskError(f"task 'math' has labelled splits 'val' and 'test', not {split!r}")
-        return list(self._splits[split])

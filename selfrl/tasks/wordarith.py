@@ -20,8 +20,7 @@ from __future__ import annotations
 import random
 import re
 
-from selfrl.errors import TaskError
-from selfrl.tasks import Task
+from selfrl.tasks import SplitTask, unique_splits
 
 SPLIT_SIZES = {"train": 2000, "val": 200, "test": 500}
 DATA_SEED = 20260122
@@ -55,21 +54,10 @@ def _problem(rng: random.Random) -> tuple[str, str]:
 
 def make_splits(seed: int = DATA_SEED) -> dict[str, list[tuple[str, str]]]:
     """{split: [(question, answer)]} with no question in two splits."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    splits = {}
-    for name, size in SPLIT_SIZES.items():
-        rows = []
-        while len(rows) < size:
-            q, ans = _problem(rng)
-            if q not in seen:
-                seen.add(q)
-                rows.append((q, ans))
-        splits[name] = rows
-    return splits
+    return unique_splits(SPLIT_SIZES, _problem, seed)
 
 
-class WordArithTask(Task):
+class WordArithTask(SplitTask):
     name = "wordarith"
 
     def __init__(self) -> None:
@@ -88,14 +76,3 @@ class WordArithTask(Task):
 
     def is_equivalent(self, a: str, b: str) -> bool:
         return a.strip() == b.strip()
-
-    def train_prompts(self) -> list[str]:
-        return [q for q, _ in self._splits["train"]]
-
-    def train_answers(self) -> list[str]:
-        return [a for _, a in self._splits["train"]]
-
-    def eval_examples(self, split: str) -> list[tuple[str, str]]:
-        if split not in ("val", "test"):
-            raise TaskError(f"task 'wordarith' has labelled splits 'val' and 'test', not {split!r}")
-        return list(self._splits[split])
