@@ -1,8 +1,11 @@
 """Defects from the correctness review (issue 21): each test fails on the code before its fix."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from selfrl.errors import SelfRLError
+from selfrl.logger import MetricsLogger, read_metrics
 from selfrl.rollout import inverse_cdf
 
 
@@ -17,3 +20,44 @@ def test_inverse_cdf_keeps_intervals_narrower_than_float32_spacing():
     total = 0.75 + 4 * q
     u = torch.tensor([(0.75 + (i - 0.5) * q) / total for i in (1, 2, 3, 4)], dtype=torch.float64)
     assert inverse_cdf(p, u).tolist() == [1, 2, 3, 4]
+
+
+def _metrics(tmp_path, text: str | bytes):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes(text if isinstance(text, bytes) else text.encode())
+    return run
+
+
+def test_read_metrics_names_the_file_and_line_of_a_damaged_row(tmp_path):
+    with pytest.raises(SelfRLError, match=r"metrics.jsonl not found: not a run directory"):
+        read_metrics(tmp_path)
+    # line 2 of 3 is cut short: not the crash-mid-write case (a whole line follows it), so the file is damaged
+    run = _metrics(tmp_path, '{"step": 0}\n{"step": 1, "a\n{"step": 2}\n')
+    with pytest.raises(SelfRLError, match=r"metrics.jsonl line 2: not valid JSON \(.*\); the file is damaged$"):
+        read_metrics(run)
+
+
+@pytest.mark.parametrize("line", ['[1, 2]', '{"reward/pseudo": 0.5}', '{"step": "3"}', '{"step": true}'])
+def test_read_metrics_refuses_a_row_that_is_not_a_metrics_row(tmp_path, line):
+    run = _metrics(tmp_path, '{"step": 0}\n' + line + "\n")
+    with pytest.raises(SelfRLError, match=r"line 2: not a metrics row"):
+        read_metrics(run)
+
+
+def test_read_metrics_refuses_bytes_that_are_not_utf8(tmp_path):
+    run = _metrics(tmp_path, b'{"step": 0}\n\xff\xfe\n')  # 0xff never occurs in UTF-8; it is byte 12 (from 0)
+    with pytest.raises(SelfRLError, match=r"not UTF-8 text \(byte 12\)"):
+        read_metrics(run)
+
+
+def test_read_metrics_drops_a_last_line_cut_short_with_a_warning(tmp_path, caplog):
+    # A crash mid-write leaves an unparseable last line with no newline after it: resume must go on from there.
+    run = _metrics(tmp_path, '{"step": 0, "x": 1}\n{"step": 1, "x": 2}\n{"step": 2, "reward/pse')
+    assert read_metrics(run) == [{"step": 0, "x": 1}, {"step": 1, "x": 2}]
+    assert "dropping a partial last line 3" in caplog.text
+    # Resuming from step 1 rewrites the file without it; the resumed step is then logged after the whole lines.
+    logger = MetricsLogger(run, "none", truncate_after=1)
+    logger.log(2, {"x": 3})
+    logger.close()
+    assert (run / "metrics.jsonl").read_text() == '{"step": 0, "x": 1}\n{"step": 1, "x": 2}\n{"step": 2, "x": 3}\n'
