@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from selfrl.errors import SelfRLError
+from selfrl.evaluate import greedy_accuracy
 from selfrl.logger import MetricsLogger, read_metrics
 from selfrl.rollout import inverse_cdf
 
@@ -61,3 +62,24 @@ def test_read_metrics_drops_a_last_line_cut_short_with_a_warning(tmp_path, caplo
     logger.log(2, {"x": 3})
     logger.close()
     assert (run / "metrics.jsonl").read_text() == '{"step": 0, "x": 1}\n{"step": 1, "x": 2}\n{"step": 2, "x": 3}\n'
+
+
+def test_accuracy_over_zero_examples_is_an_error_not_zero():
+    # No model is touched before the check: an empty split (or --limit 0) must not print "accuracy 0.0000".
+    with pytest.raises(SelfRLError, match=r"^accuracy over zero examples: nothing to score"):
+        greedy_accuracy(None, None, None, [], max_new_tokens=4)
+
+
+def test_accuracy_is_the_share_of_equivalent_answers(tiny_model_dir):
+    # 3 examples under a task whose answer is the whole completion: the gold of the first is the model's own greedy
+    # completion and the other two are "\x00", which no completion is, so the share is 1/3 whatever the model writes.
+    from types import SimpleNamespace
+
+    from selfrl.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir), torch.device("cpu"))
+    task = SimpleNamespace(format_prompt=lambda q: q, extract_answer=lambda t: t, is_equivalent=lambda a, b: a == b)
+    qs = ["47+85+19=", "10+20+30=", "11+22+33="]
+    first = greedy_accuracy(model, tok, task, [(q, "\x00") for q in qs], max_new_tokens=12)[1][0]
+    acc, texts = greedy_accuracy(model, tok, task, [(qs[0], first), (qs[1], "\x00"), (qs[2], "\x00")], max_new_tokens=12)
+    assert acc == pytest.approx(1 / 3) and texts[0] == first
