@@ -83,3 +83,45 @@ def test_accuracy_is_the_share_of_equivalent_answers(tiny_model_dir):
     first = greedy_accuracy(model, tok, task, [(q, "\x00") for q in qs], max_new_tokens=12)[1][0]
     acc, texts = greedy_accuracy(model, tok, task, [(qs[0], first), (qs[1], "\x00"), (qs[2], "\x00")], max_new_tokens=12)
     assert acc == pytest.approx(1 / 3) and texts[0] == first
+
+
+def _save_tiny(tmp_path, config) -> str:
+    """A randomly initialised tiny model of `config` with the organism's tokenizer, saved as a model directory."""
+    from transformers import AutoModelForCausalLM
+
+    from selfrl.organism import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_load_model_disables_dropout(tmp_path, arch):
+    # Qwen2 applies attention dropout functionally from a float copied from its config; GPT-2 has nn.Dropout modules.
+    # With dropout 0.5 left on, two train-mode passes over the same tokens differ; with it off, a train-mode pass is
+    # the eval-mode pass (the policy samples in train mode, the momentum and reference models run in eval mode).
+    from transformers import GPT2Config, Qwen2Config
+
+    from selfrl.models import load_model
+
+    config = (Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=2, attention_dropout=0.5, eos_token_id=1, pad_token_id=0)
+              if arch == "qwen2" else
+              GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5,
+                         summary_first_dropout=0.5, eos_token_id=1, pad_token_id=0))
+    path = _save_tiny(tmp_path, config)
+    model, _ = load_model(path, torch.device("cpu"))
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        model.train()
+        a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
+        model.eval()
+        c = model(input_ids=ids).logits
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert not [k for k, v in model.config.to_dict().items() if "dropout" in k and isinstance(v, float) and v != 0]
+    if arch == "gpt2":
+        drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert drops and all(m.p == 0 for m in drops)  # the modules were found, not merely absent
