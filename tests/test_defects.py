@@ -81,7 +81,8 @@ def test_accuracy_is_the_share_of_equivalent_answers(tiny_model_dir):
     task = SimpleNamespace(format_prompt=lambda q: q, extract_answer=lambda t: t, is_equivalent=lambda a, b: a == b)
     qs = ["47+85+19=", "10+20+30=", "11+22+33="]
     first = greedy_accuracy(model, tok, task, [(q, "\x00") for q in qs], max_new_tokens=12)[1][0]
-    acc, texts = greedy_accuracy(model, tok, task, [(qs[0], first), (qs[1], "\x00"), (qs[2], "\x00")], max_new_tokens=12)
+    examples = [(qs[0], first), (qs[1], "\x00"), (qs[2], "\x00")]
+    acc, texts = greedy_accuracy(model, tok, task, examples, max_new_tokens=12)
     assert acc == pytest.approx(1 / 3) and texts[0] == first
 
 
@@ -107,8 +108,9 @@ def test_load_model_disables_dropout(tmp_path, arch):
 
     from selfrl.models import load_model
 
-    config = (Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                          num_key_value_heads=2, attention_dropout=0.5, eos_token_id=1, pad_token_id=0)
+    config = (Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=2, attention_dropout=0.5, eos_token_id=1,
+                          pad_token_id=0)
               if arch == "qwen2" else
               GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5,
                          summary_first_dropout=0.5, eos_token_id=1, pad_token_id=0))

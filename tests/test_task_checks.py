@@ -11,7 +11,7 @@ from selfrl.cli import main
 from selfrl.errors import TaskError
 from selfrl.tasks import Task, load_task
 from selfrl.tasks.arith import ArithTask
-from selfrl.tasks.checked import CheckedTask, check_task
+from selfrl.tasks.checked import CheckedTask, check_encodable, check_task
 from selfrl.tasks.math import MathTask
 
 GOOD = {  # a working task's methods; each case below replaces one
@@ -105,3 +105,46 @@ def test_the_command_line_shows_one_line(tmp_path, tiny_model_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert re.fullmatch(r"selfrl: error: task method eval_examples\('val'\) returned item 0 = .*", err)
+
+
+def _bpe(byte_level: bool):
+    """A tiny BPE tokenizer without an unknown token, trained on arithmetic: byte-level (covers every text) or on
+    characters (silently drops a character it never saw, as tokenizers' BPE does without unk_token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    if byte_level:
+        tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tk.pre_tokenizer, tk.decoder = pre_tokenizers.Split("", "isolated"), decoders.Fuse()
+        alphabet = list("0123456789+= ")
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet, special_tokens=["<eos>"])
+    tk.train_from_iterator(["12+34=46", "7+8=15 "] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+
+
+def test_the_organism_cannot_encode_letters():
+    # The organism's characters are 0-9 + - * = , ; # and space. "twelve plus five=" holds 10 other characters, in
+    # order of first appearance t w e l v p u s f i: the first 8 are named and 2 more counted.
+    from selfrl.organism import build_tokenizer
+
+    tok = build_tokenizer()
+    check_encodable(tok, ["12+34=", "1, 2; 3 # 4-5*6="], "train_prompts")  # every character known: no error
+    with pytest.raises(TaskError) as e:
+        check_encodable(tok, ["12+34=", "twelve plus five=", "9+9="], "train_prompts")
+    assert str(e.value) == (
+        "train_prompts: 1 of 3 texts hold characters the tokenizer cannot encode: 't', 'w', 'e', 'l', 'v', 'p', 'u', "
+        "'s' (and 2 more); e.g. 'twelve plus five='. They would be dropped from what the model sees: use a model whose "
+        "tokenizer covers them, or texts without them")
+
+
+def test_a_tokenizer_without_unk_is_checked_by_round_trip():
+    drops = _bpe(byte_level=False)
+    assert drops.decode(drops("twelve=", add_special_tokens=False)["input_ids"]) == "="  # the silent loss itself
+    with pytest.raises(TaskError, match=r"^eval_examples\('val'\): 1 of 2 texts .*: 't', 'w', 'e', 'l', 'v'; e.g. 'twelve='"):
+        check_encodable(drops, ["1+2=", "twelve="], "eval_examples('val')")
+    # a byte-level tokenizer encodes any text, so nothing is reported (no false alarm on accents, CJK, emoji)
+    texts = ["1+2=", "douze + cinq = 17 é 十二 🙂", "  leading spaces"]
+    check_encodable(_bpe(byte_level=True), texts, "train_prompts")

@@ -97,3 +97,39 @@ def _strings(method: str, out) -> list[str]:
 def check_task(task) -> CheckedTask:
     """`task` wrapped in its checks; a task already wrapped is returned as it is."""
     return task if isinstance(task, CheckedTask) else CheckedTask(task)
+
+
+def check_encodable(tokenizer, texts: list[str], what: str) -> None:
+    """A TaskError naming the first characters of `texts` the tokenizer cannot encode, with an example text.
+
+    A tokenizer with an unknown token maps what it lacks to it, and decoding drops it: the character-level organism
+    trains on `twelve plus five=` as `=` without a word. A text is unencodable when its tokens hold the unknown
+    token, or (a tokenizer without one) when decoding its tokens does not give the text back, whitespace aside
+    (SentencePiece tokenizers legitimately move a leading space). `what` names the texts in the message
+    ("train_prompts", "eval_examples('val')", a file)."""
+    texts = list(texts)
+    if not texts:
+        return
+    unk = tokenizer.unk_token_id
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if unk is not None:
+        bad = [i for i, row in enumerate(ids) if unk in row]
+        missing = _unknown_chars(tokenizer, [texts[i] for i in bad], unk)
+    else:
+        decoded = tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        bad = [i for i, (t, d) in enumerate(zip(texts, decoded)) if t.split() != d.split()]
+        missing = [c for i in bad for c in dict.fromkeys(texts[i]) if c not in decoded[i]]
+    if not bad:
+        return
+    chars = ", ".join(repr(c) for c in list(dict.fromkeys(missing))[:8]) or "characters that do not decode back"
+    more = f" (and {len(set(missing)) - 8} more)" if len(set(missing)) > 8 else ""
+    raise TaskError(f"{what}: {len(bad)} of {len(texts)} texts hold characters the tokenizer cannot encode: "
+                    f"{chars}{more}; e.g. {_cut(repr(texts[bad[0]]), 80)}. They would be dropped from what the model "
+                    "sees: use a model whose tokenizer covers them, or texts without them")
+
+
+def _unknown_chars(tokenizer, texts: list[str], unk: int) -> list[str]:
+    """The distinct characters of `texts` that the tokenizer encodes, on their own, as the unknown token."""
+    chars = list(dict.fromkeys(c for t in texts for c in t))
+    ids = tokenizer(chars, add_special_tokens=False)["input_ids"] if chars else []
+    return [c for c, row in zip(chars, ids) if unk in row]
