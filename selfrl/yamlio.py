@@ -91,17 +91,21 @@ def _int(loader, node) -> int:
     digits = text.lstrip("+-")
     if digits[:2] in ("0x", "0o"):
         return int(text, 0)
-    value, old = int(text), yaml.safe_load(text)
+    try:
+        value, old = int(text), yaml.safe_load(text)
+    except ValueError:  # past Python's 4300-digit limit on int(str)
+        raise yaml.constructor.ConstructorError(None, None, f"integer of {len(digits)} digits is too long",
+                                                node.start_mark) from None
     if old != value or type(old) is not int:  # a leading zero: 010 is octal 8 in YAML 1.1, 019 a string
-        raise _Ambiguous(node, f"{text} is {old!r} in YAML 1.1 and {value} in YAML 1.2 (a leading zero); write {value}, "
-                               "or quote it if it is text")
+        raise _Ambiguous(node, f"{text} is {old!r} in YAML 1.1 and {value} in YAML 1.2 (a leading zero); "
+                               f"write {value}, or quote it if it is text")
     return value
 
 
 def _sexagesimal(loader, node):
     text = loader.construct_scalar(node)
-    raise _Ambiguous(node, f"{text} is a base-60 number in YAML 1.1 ({yaml.safe_load(text)}) and a string in YAML 1.2; "
-                           "write the number, or quote it if it is text")
+    raise _Ambiguous(node, f"{text} is a base-60 number in YAML 1.1 ({yaml.safe_load(text)}) and a string in "
+                           "YAML 1.2; write the number, or quote it if it is text")
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _int)

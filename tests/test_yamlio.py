@@ -41,6 +41,7 @@ def test_yaml_1_2_values():
     ("- 1\n- 2\n", "<text>: expected a mapping of keys to values, got list"),
     ("a: 'open\n", "<text> line 2: not valid YAML: found unexpected end of stream"),
     ("a: !!python/object/apply:os.system [ls]\n", "could not determine a constructor for the tag"),  # safe: no code
+    ("a: " + "9" * 5000 + "\n", "<text> line 1: not valid YAML: integer of 5000 digits is too long"),
 ])
 def test_disagreements_and_repeats_are_one_line(text, message):
     with pytest.raises(ConfigError) as e:
