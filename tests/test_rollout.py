@@ -146,9 +146,12 @@ def test_every_model_eos_ends_a_completion(tiny):
         torch.manual_seed(3)
         ro = generate(model, tok, _batch(tok), 8, 12, temperature=3.0)
         hash_id = tok.convert_tokens_to_ids("#")
+        ended_at_hash = 0
         for row, m in zip(ro.response_ids, ro.response_mask):
             hits = (row == hash_id).nonzero()
-            if len(hits):  # nothing after the first '#' but padding
-                assert int(m.sum()) <= int(hits[0]) + 1
+            if len(hits):  # the response ends at the first '#': nothing after it but padding
+                assert int(m.sum()) == int(hits[0]) + 1 and (row[int(hits[0]) + 1 :] == tok.pad_token_id).all()
+                ended_at_hash += 1
+        assert ended_at_hash > 0  # '#' was drawn, so the check above ran
     finally:
         model.generation_config.eos_token_id = tok.eos_token_id
