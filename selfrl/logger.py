@@ -182,7 +182,8 @@ def _rows(path: Path) -> list[dict]:
             if i == last and not text.endswith("\n"):
                 log.warning("%s: dropping a partial last line %d (the run was killed while logging)", path, i + 1)
                 continue
-            raise SelfRLError(f"{path} line {i + 1}: not valid JSON ({e.msg}); the file is damaged") from None
+            raise SelfRLError(f"{path} line {i + 1}: not valid JSON ({e.msg} at column {e.colno}); "
+                              "the file is damaged") from None
         if not (isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool)):
             raise SelfRLError(f"{path} line {i + 1}: not a metrics row (a JSON object with an integer \"step\")")
         rows.append(row)
