@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from selfrl.errors import ConfigError
+from selfrl.yamlio import load_yaml, parse_yaml
 
 
 def _coerce(cls, name: str, value: object) -> object:
@@ -32,13 +33,8 @@ def _coerce(cls, name: str, value: object) -> object:
             return None
         raise ConfigError(f"{name}: may not be null")
     if isinstance(value, str) and base is not str:
-        text = value.strip()
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"{name}: cannot parse {value!r} as {base.__name__}") from None
-    if base is float and isinstance(value, str):
-        # YAML 1.1 reads "1e-4" as a string; a float field accepts any float literal.
+        value = parse_yaml(value.strip(), f"--set {name}")
+    if base is float and isinstance(value, str):  # a float field accepts any float literal
         try:
             return float(value)
         except ValueError:
@@ -80,19 +76,12 @@ def parse_sets(pairs: list[str]) -> dict:
 
 
 def read_yaml_mapping(path: str | Path) -> dict:
-    """A YAML file's top-level mapping; a missing file, bad YAML or a non-mapping is one ConfigError line."""
+    """A YAML file's top-level mapping, read as YAML 1.2 (selfrl/yamlio.py: `010`, `1:30` and repeated keys are
+    errors); a missing file, bad YAML or a non-mapping is one ConfigError line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    return data
+    return load_yaml(path)
 
 
 def load(cls, path: str | Path | None = None, sets: list[str] | None = None):

@@ -95,7 +95,8 @@ def as_reference(s: Setup):
         yield s.ref
 
 
-def rollouts(s: Setup, which: str, batch: dict, k: int, noise: torch.Tensor | None = None) -> Rollouts:
+def rollouts(s: Setup, which: str, batch: dict, k: int, noise: torch.Tensor | None = None,
+             seeds: list[int] | None = None) -> Rollouts:
     """k samples per prompt from the policy or ("momentum") the momentum model's current weights, by the HF sampler
     (from `noise` when seed_per_prompt gives each prompt its own numbers) or, with use_vllm, by the engine after
     loading it with exactly those weights (selfrl/vllm_backend.py)."""
@@ -106,7 +107,7 @@ def rollouts(s: Setup, which: str, batch: dict, k: int, noise: torch.Tensor | No
             return generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature, noise=noise)
         adapter = lora.MOMENTUM if which == "momentum" else lora.POLICY  # read only with LoRA
         s.sampler.load(vllm_backend.engine_weights(model, adapter))
-        return s.sampler.generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature)
+        return s.sampler.generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature, seeds=seeds)
 
 
 def prompt_noise(seed: int, step: int, places: range, role: int, k: int, T: int, device) -> torch.Tensor:
@@ -139,9 +140,10 @@ def sample_batch(s: Setup, step: int, sizes: Sizes, amp) -> tuple[list[int], Rol
         if cfg.seed_per_prompt:  # each prompt samples from its own numbers: the same rollouts on 1 process or many
             pol_noise = prompt_noise(cfg.seed, step, places, 0, P, cfg.max_completion_length, device)
             mom_noise = prompt_noise(cfg.seed, step, places, 1, N, cfg.max_completion_length, device) if N else None
-        with amp:
-            pol = rollouts(s, "policy", batch, P, pol_noise)
-            mom = rollouts(s, "momentum", batch, N, mom_noise) if N else None
+        seeds = (lambda role: vllm_backend.request_seeds(cfg.seed, step, places, role)) if s.sampler else (lambda role: None)
+        with amp:  # vLLM: each prompt's requests seeded from (seed, step, place, role), as the HF sampler's noise
+            pol = rollouts(s, "policy", batch, P, pol_noise, seeds(0))
+            mom = rollouts(s, "momentum", batch, N, mom_noise, seeds(1)) if N else None
         keep = list(range(B))
         if cfg.online_filter is not None:  # judged on the whole unfiltered pool, before the IQR filter
             texts = [pol.texts[i * P : (i + 1) * P] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(B)]

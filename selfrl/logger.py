@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from selfrl.errors import SelfRLError
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorboard", "wandb", "mlflow")
@@ -113,7 +115,7 @@ class MetricsLogger:
         if truncate_after is not None and self.path.exists():
             # Resume: drop lines past the checkpoint so the replayed steps are not logged twice.
             # A line cut short by a kill mid-write is dropped too; the rewrite is atomic (temp file + rename).
-            keep = [row for row in _rows(self.path.read_text()) if row["step"] <= truncate_after]
+            keep = [row for row in _rows(self.path) if row["step"] <= truncate_after]
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))
             os.replace(tmp, self.path)
@@ -156,19 +158,38 @@ class NullLogger:
         pass
 
 
-def _rows(text: str) -> list[dict]:
-    """Parsed metric rows; a last line cut short by a crash mid-write is skipped (every earlier line is whole)."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+def _rows(path: Path) -> list[dict]:
+    """Parsed metric rows. A last line cut short by a crash mid-write (unparseable, no newline after it) is dropped with
+    a warning, since a resume must go on from such a run (MetricsLogger rewrites the file without it); any other bad
+    line, a missing or unreadable file is a SelfRLError naming the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SelfRLError(f"{path} not found: not a run directory, or its metrics were moved or deleted") from None
+    except UnicodeDecodeError as e:
+        raise SelfRLError(f"{path}: not UTF-8 text (byte {e.start}): not a metrics file, or it is damaged") from None
+    except OSError as e:
+        raise SelfRLError(f"{path}: cannot read: {e.strerror}") from None
+    lines = text.splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     rows = []
     for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
         try:
-            rows.append(json.loads(ln))
-        except ValueError:
-            if i != len(lines) - 1:
-                raise
-            log.warning("metrics.jsonl: dropping a partial last line (the run was killed while logging)")
+            row = json.loads(ln)
+        except ValueError as e:
+            if i == last and not text.endswith("\n"):
+                log.warning("%s: dropping a partial last line %d (the run was killed while logging)", path, i + 1)
+                continue
+            raise SelfRLError(f"{path} line {i + 1}: not valid JSON ({e.msg} at column {e.colno}); "
+                              "the file is damaged") from None
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool)):
+            raise SelfRLError(f"{path} line {i + 1}: not a metrics row (a JSON object with an integer \"step\")")
+        rows.append(row)
     return rows
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return _rows((Path(run_dir) / "metrics.jsonl").read_text())
+    """The rows of a run's metrics.jsonl, in order (see `_rows` for what is tolerated)."""
+    return _rows(Path(run_dir) / "metrics.jsonl")

@@ -52,4 +52,34 @@ def load_model(path: str, device: torch.device, dtype: str = "float32"):
         log.warning("tokenizer of %s has no pad token; using its EOS token for padding", path)
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)
     return model.to(device), tokenizer
+
+
+_DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
+             torch.nn.FeatureAlphaDropout)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout of `model` set to 0, as TRL's `disable_dropout_in_model` does: the policy samples and is scored
+    in train mode while the momentum and reference models run in eval mode, so with dropout the IQR pool would
+    compare entropies of unlike networks and each rollout would come from a different random sub-network.
+    Besides nn.Dropout modules (TRL's case), transformers' attention applies dropout functionally from a float
+    attribute copied from the config at init (Qwen2's `attention_dropout`), and the config's *dropout* fields are
+    what save_pretrained writes: all three are zeroed."""
+    from transformers import PretrainedConfig
+
+    def zero_fields(obj) -> None:
+        for name, value in list(vars(obj).items()):
+            if "dropout" in name and isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(obj, name, 0.0)
+
+    for module in model.modules():
+        if isinstance(module, _DROPOUTS):
+            module.p = 0.0
+        zero_fields(module)
+    configs = [model.config]
+    while configs:  # the model's config and its sub-configs (a multimodal model's text_config, ...)
+        config = configs.pop()
+        zero_fields(config)
+        configs += [v for v in vars(config).values() if isinstance(v, PretrainedConfig)]

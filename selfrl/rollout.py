@@ -164,8 +164,11 @@ def generate(
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Sample i of each row: the first token whose cumulative probability exceeds u·total.  (A, V), (A,) -> (A,).
-    Scaling by the row's total keeps a float32 cumsum that ends a little off 1 from skewing the last token."""
-    cdf = probs.cumsum(-1)  # (A, V)
+    The CDF is summed and held in float64: near 1 float32 values are 2^-24 (6e-8) apart, while most of a 150k
+    vocabulary has smaller probabilities, so a float32 CDF rounds their intervals to nothing or to several times
+    their width (and on CUDA also accumulates in float32). Scaling by the row's total keeps a CDF that ends a little
+    off 1 from skewing the last token."""
+    cdf = probs.to(torch.float64).cumsum(-1)  # (A, V)
     i = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
     return i.clamp(max=probs.shape[-1] - 1)
 

@@ -36,6 +36,7 @@ from selfrl.models import load_model
 from selfrl.organism import organism_path
 from selfrl.safety import ProbeGate, describe, last_promoted
 from selfrl.tasks import load_task, with_chat_template
+from selfrl.tasks.checked import check_encodable
 
 log = logging.getLogger("selfrl")
 
@@ -261,6 +262,10 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     if not prompts:
         raise TaskError(f"task {cfg.task!r} has no training prompts")
     check_prompt_lengths(task, tokenizer, model, prompts, cfg.max_completion_length)
+    # a character the tokenizer cannot encode would silently vanish from what the model sees (issue 21)
+    check_encodable(tokenizer, [task.format_prompt(p) for p in prompts], cfg.train_file or "train_prompts")
+    check_encodable(tokenizer, [task.format_prompt(q) for q, _ in task.eval_examples("val")[: cfg.eval_limit]],
+                    "eval_examples('val')")
     pool, offline = list(range(len(prompts))), None
     if cfg.offline_labels or cfg.curriculum_fraction is not None:
         if resume and not (run_dir / "start_votes.json").is_file():
@@ -369,8 +374,9 @@ def _replay_loop_state(s: Setup, rows: list[dict]) -> None:
 def evaluate(s: Setup) -> dict:
     examples = s.task.eval_examples("val")[: s.cfg.eval_limit]
     mine = examples[dist.rank() :: dist.world()]  # with several processes each scores a share, none waits idle
-    acc, _ = greedy_accuracy(s.model, s.tokenizer, s.task, mine, s.cfg.max_completion_length, s.cfg.eval_batch_size)
-    acc = dist.all_sum(round(acc * len(mine))) / max(len(examples), 1)  # correct answers over all of them
+    acc = greedy_accuracy(s.model, s.tokenizer, s.task, mine, s.cfg.max_completion_length, s.cfg.eval_batch_size)[0] \
+        if mine else 0.0  # more processes than examples: this one scores none
+    acc = dist.all_sum(round(acc * len(mine))) / len(examples)  # correct answers over all of them
     out = {"val/accuracy": acc, **(s.probes.score(s.model, s.tokenizer) if s.probes is not None else {})}
     if s.cfg.early_stopping_patience is not None:  # SRT mitigation 1: a small LABELLED split, disjoint from val
         held = s.task.eval_examples(s.cfg.early_stopping_split)[: s.cfg.early_stopping_examples]

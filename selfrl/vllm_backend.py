@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from selfrl import lora
@@ -65,16 +66,20 @@ class VLLMSampler:
         self.engine.reset_prefix_cache()  # cached prompt KV of the previous weights must not be reused
 
     def generate(self, model, tokenizer, prompt_batch: dict[str, torch.Tensor], num_samples: int, max_new_tokens: int,
-                 temperature: float) -> Rollouts:
+                 temperature: float, seeds: list[int] | None = None) -> Rollouts:
         """`num_samples` completions per prompt by pure sampling (top_k 0 = off, as TRL passes it; top_p 1), as
         `rollout.generate` returns them; entropy, log-prob and self-certainty come from scoring under `model`, the
-        model the engine holds."""
+        model the engine holds. `seeds` (B,): each prompt's own seed (`request_seeds`); without them each prompt
+        draws one from the torch RNG, so a resumed step (same torch seed) samples the same."""
         ids, mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]  # (B, P) left-padded
         prompts = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(ids, mask)]
-        seed = int(torch.randint(2**31 - 1, ()))  # from the step's torch seed: a resumed step samples the same
+        if seeds is None:
+            seeds = torch.randint(2**62, (len(prompts),)).tolist()
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         stop = eos_ids(model, tokenizer)
-        params = sampling_params(n=num_samples, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
-                                 seed=seed, stop_token_ids=stop)
+        params = [sampling_params(n=num_samples, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
+                                  seed=seed, stop_token_ids=stop) for seed in seeds]  # one per prompt, paired in order
         outs = self.engine.generate(prompts, sampling_params=params, use_tqdm=False)
         seqs = [list(o.token_ids) for out in outs for o in out.outputs]  # (B*k) prompt-major, EOS included
         rollouts = to_rollouts(seqs, ids, mask, num_samples, tokenizer, stop, max_new_tokens)
@@ -84,6 +89,21 @@ class VLLMSampler:
         m = rollouts.response_mask.to(logp.dtype)
         rollouts.logp, rollouts.entropy, rollouts.certainty = logp * m, entropy * m, certainty * m
         return rollouts
+
+
+def request_seeds(seed: int, step: int, places: range, role: int) -> list[int]:
+    """One vLLM seed per prompt, from the same stream (seed, step, place, role) as the HF sampler's noise
+    (`grpo.prompt_noise`; role 0 the policy's rollouts, 1 the momentum model's).
+
+    Why one per prompt: vLLM applies a single SamplingParams to every prompt of a call, and splits a request with n
+    samples into n child requests whose seeds are seed + j (vllm/v1/engine/parallel_sampling.py,
+    `_get_child_sampling_params`), each sampling from noise fixed by that number alone: its own torch.Generator
+    (v1/worker/gpu_model_runner.py: `generator.manual_seed(sampling_params.seed)`) or, in model runner v2,
+    Gumbel noise hashed from (seed, position) (v1/worker/gpu/sample/gumbel.py). One seed per call therefore gives
+    sample j of every prompt the same noise stream. Each prompt's seed here is drawn uniformly from [0, 2^62), so the
+    children's ranges [s, s + n) of two prompts overlap with probability about 2n / 2^62; and a prompt's samples
+    depend on its place in the data stream only, not on which other prompts share the call or the process."""
+    return [int(np.random.default_rng([seed, step, p, role]).integers(2**62)) for p in places]
 
 
 def to_rollouts(seqs: list[list[int]], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int, tokenizer,

@@ -205,8 +205,11 @@ def test_ema_update_does_not_track_gradients():
     ema = [torch.nn.Parameter(torch.tensor([1.0]))]
     params = [torch.nn.Parameter(torch.tensor([3.0]))]
     core.ema_update_(ema, params, decay=0.99)
-    assert_close(ema[0].detach(), torch.tensor([1.02]))
-    assert ema[0].grad_fn is None
+    assert_close(ema[0].detach(), torch.tensor([1.02]))  # 0.99 * 1 + 0.01 * 3
+    # The update is outside the autograd graph: a loss on the EMA weights sends no gradient to the policy's (a
+    # tracked update would give params[0].grad = 3 * 0.01), and the EMA weight is still a leaf of its own.
+    (3 * ema[0]).sum().backward()
+    assert params[0].grad is None and ema[0].is_leaf and ema[0].grad.item() == 3.0
 
 
 # --- token_entropy / token_logprobs --------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from selfrl.grpo_config import load_config
+from selfrl.errors import TaskError
 from selfrl.grpo import train
+from selfrl.grpo_config import load_config
 from tests.conftest import policy_weights, same_tensors, tiny_sets
 
 TASKS = Path(__file__).with_name("gold_tasks.py")
@@ -59,7 +60,8 @@ def test_unlabelled_task_trains_label_free_and_oracle_refuses(tiny_model_dir, tm
 
 def test_oracle_on_poisoned_gold_fails_clearly(tiny_model_dir, tmp_path):
     sets = tiny_sets(tiny_model_dir, tmp_path / "o", method="oracle", task=f"{TASKS}:PoisonedGold")
-    with pytest.raises(RuntimeError, match="gold training answers were read"):
+    # the task's own exception, as one line naming the method (selfrl/tasks/checked.py)
+    with pytest.raises(TaskError, match="^task method train_answers raised RuntimeError: gold training answers were read$"):
         train(load_config(None, sets))
 
 

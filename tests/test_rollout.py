@@ -105,11 +105,12 @@ def test_first_token_is_sampled_from_softmax_at_temperature(tiny):
 
 
 def test_inverse_cdf_by_hand():
-    # p = [0.1, 0.2, 0, 0.7]: the CDF is [0.1, 0.3, 0.3, 1.0]; token i is drawn when u falls in [cdf[i-1], cdf[i]),
-    # so u = 0.05 -> 0, 0.1 -> 1 (the boundary belongs to the next token), 0.29 -> 1, 0.3 -> 3 (token 2 has
+    # p = [1/8, 1/4, 0, 5/8]: the CDF is [1/8, 3/8, 3/8, 1]; token i is drawn when u falls in [cdf[i-1], cdf[i]),
+    # so u = 1/16 -> 0, 1/8 -> 1 (the boundary belongs to the next token), 0.37 -> 1, 3/8 -> 3 (token 2 has
     # probability 0 and an empty interval), 0.999 -> 3. A row summing to 2 (unnormalised) gives the same draws.
-    p = torch.tensor([[0.1, 0.2, 0.0, 0.7]]).repeat(5, 1)
-    u = torch.tensor([0.05, 0.1, 0.29, 0.3, 0.999])
+    # Binary fractions, so every CDF value and boundary is exact in any float precision.
+    p = torch.tensor([[0.125, 0.25, 0.0, 0.625]]).repeat(5, 1)
+    u = torch.tensor([0.0625, 0.125, 0.37, 0.375, 0.999])
     assert inverse_cdf(p, u).tolist() == [0, 1, 1, 3, 3]
     assert inverse_cdf(2 * p, u).tolist() == [0, 1, 1, 3, 3]
 
@@ -145,9 +146,12 @@ def test_every_model_eos_ends_a_completion(tiny):
         torch.manual_seed(3)
         ro = generate(model, tok, _batch(tok), 8, 12, temperature=3.0)
         hash_id = tok.convert_tokens_to_ids("#")
+        ended_at_hash = 0
         for row, m in zip(ro.response_ids, ro.response_mask):
             hits = (row == hash_id).nonzero()
-            if len(hits):  # nothing after the first '#' but padding
-                assert int(m.sum()) <= int(hits[0]) + 1
+            if len(hits):  # the response ends at the first '#': nothing after it but padding
+                assert int(m.sum()) == int(hits[0]) + 1 and (row[int(hits[0]) + 1 :] == tok.pad_token_id).all()
+                ended_at_hash += 1
+        assert ended_at_hash > 0  # '#' was drawn, so the check above ran
     finally:
         model.generation_config.eos_token_id = tok.eos_token_id

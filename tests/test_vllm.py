@@ -48,13 +48,16 @@ class EngineDouble:
 
     def generate(self, prompts, sampling_params, use_tqdm=False):
         self.seen.append({k: v.detach().clone() for k, v in self.model.named_parameters()})
-        sp = sampling_params
-        torch.manual_seed(sp.seed)
+        # One SamplingParams for every prompt, or a list paired with the prompts in order (vllm.LLM.generate). As in
+        # vLLM, a request with n samples is n child requests seeded seed + j, each sampling from its own generator.
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
         outs = []
-        for p in prompts:
+        for p, sp in zip(prompts, params):
             ids = torch.tensor([p["prompt_token_ids"]])
             batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-            ro = generate(self.model, self.tokenizer, batch, sp.n, sp.max_tokens, sp.temperature)
+            noise = torch.stack([torch.rand(sp.max_tokens, generator=torch.Generator().manual_seed(sp.seed + j))
+                                 for j in range(sp.n)])  # (n, max_tokens)
+            ro = generate(self.model, self.tokenizer, batch, sp.n, sp.max_tokens, sp.temperature, noise=noise)
             outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=r[m.bool()].tolist())
                                                  for r, m in zip(ro.response_ids, ro.response_mask)]))
         return outs

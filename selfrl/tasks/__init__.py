@@ -120,19 +120,23 @@ def _load_class(spec: str):
 
 
 def load_task(spec: str):
-    """Instantiate a task from a built-in name or a 'file.py:Class' / 'module:Class' spec and check its interface."""
+    """Instantiate a task from a built-in name or a 'file.py:Class' / 'module:Class' spec and check its interface;
+    the task comes wrapped in `check_task` (selfrl/tasks/checked.py), so a method that raises or returns the wrong
+    type is one TaskError line naming the method."""
+    from selfrl.tasks.checked import check_task
+
     if spec == "arith":
         from selfrl.tasks.arith import ArithTask
 
-        return ArithTask()
+        return check_task(ArithTask())
     if spec == "math":
         from selfrl.tasks.math import MathTask
 
-        return MathTask()
+        return check_task(MathTask())
     if spec == "wordarith":
         from selfrl.tasks.wordarith import WordArithTask
 
-        return WordArithTask()
+        return check_task(WordArithTask())
     cls = _load_class(spec)
     try:
         task = cls()
@@ -141,7 +145,7 @@ def load_task(spec: str):
     missing = [m for m in REQUIRED if not callable(getattr(task, m, None))]
     if missing:
         raise TaskError(f"task {spec!r} lacks method(s): {', '.join(missing)}")
-    return task
+    return check_task(task)
 
 
 # ------------------------------------------------------------------------------------------------ chat templates
