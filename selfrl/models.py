@@ -40,7 +40,15 @@ def load_model(path: str, device: torch.device, dtype: str = "float32"):
     if looks_local and not (Path(path) / "config.json").is_file():
         raise ModelError(f"model directory {path} has no config.json: not a Hugging Face model (save_pretrained) directory")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        if looks_local and _plain_fast_tokenizer(Path(path)):
+            # A tokenizer saved as a plain `tokenizers` one (the organisms' character-level tokenizer, selfrl/organism.py
+            # and every checkpoint of them): AutoTokenizer would read it back as the architecture's own (Qwen2's
+            # byte-level pre-tokenizer), which drops letters and spaces instead of encoding them.
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -83,3 +91,15 @@ def disable_dropout(model: torch.nn.Module) -> None:
         config = configs.pop()
         zero_fields(config)
         configs += [v for v in vars(config).values() if isinstance(v, PretrainedConfig)]
+
+
+def _plain_fast_tokenizer(path: Path) -> bool:
+    """Whether the directory's tokenizer was saved as a plain fast tokenizer (no model-specific class)."""
+    import json
+
+    cfg = path / "tokenizer_config.json"
+    try:
+        cls = json.loads(cfg.read_text()).get("tokenizer_class") if cfg.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return cls in ("TokenizersBackend", "PreTrainedTokenizerFast")

@@ -34,6 +34,8 @@ def write(path: Path, text: str) -> Path:
 IMPORT_FAILS = "import not_a_real_package\n"
 LACKS_METHODS = "class T:\n    def train_prompts(self):\n        return []\n"
 ROW = '{"prompt": "12+34+56="}\n'
+RAISING_TASK = ("from selfrl.tasks.arith import ArithTask\n\n\nclass T(ArithTask):\n"
+                "    def train_prompts(self):\n        raise ValueError('row 3 has no question')\n")
 
 
 _HELD = []  # locks the output-in-use case holds while the command runs, as a first `train` would
@@ -120,7 +122,7 @@ CASES = [
      r"report_to: 'comet' is not one of tensorboard, wandb, mlflow \(or 'none' alone\)"),
     ("missing-config", lambda ws, m, mp: ["train", str(ws / "nope.yaml")], r"config file not found: .*nope\.yaml"),
     ("bad-yaml", lambda ws, m, mp: ["train", str(write(ws / "c.yaml", "method: [srt\n"))],
-     r"c\.yaml: line 2 is not valid YAML"),
+     r"c\.yaml line 2: not valid YAML: expected ',' or '\]', but got '<stream end>'"),
     ("missing-model", lambda ws, m, mp: train_args(ws, m, f"model={ws / 'no_such_model'}"),
      r"model path not found: .*no_such_model"),
     ("not-a-model", lambda ws, m, mp: train_args(ws, m, f"model={ws}"), r"model directory .* has no config\.json: not a Hugging Face model \(save_pretrained\) directory"),
@@ -174,6 +176,14 @@ CASES = [
      r"temperature: must be > 0, got 0\.0"),
     ("eval-unknown-split", lambda ws, m, mp: ["eval", str(ws / "prev"), "--split", "train"],
      r"task 'arith' has labelled splits 'val', 'test' and 'stop', not 'train'"),
+    ("yaml-leading-zero", lambda ws, m, mp: ["train", str(write(ws / "c.yaml", "seed: 010\n"))],
+     r"c\.yaml line 1: value of 'seed': 010 is 8 in YAML 1\.1 and 10 in YAML 1\.2 \(a leading zero\)"),
+    ("yaml-repeated-key", lambda ws, m, mp: ["train", str(write(ws / "c.yaml", "seed: 1\nmethod: srt\nseed: 2\n"))],
+     r"c\.yaml line 3: key 'seed' repeated \(first on line 1\); a repeated key would silently keep its last value"),
+    ("task-method-raises", lambda ws, m, mp: train_args(ws, m, f"task={write(ws / 't.py', RAISING_TASK)}:T"),
+     r"task method train_prompts raised ValueError: row 3 has no question"),
+    ("organism-cannot-encode", lambda ws, m, mp: data_args(ws, m, '{"prompt": "twelve plus five="}\n'),
+     r"d\.jsonl: 1 of 1 texts hold characters the tokenizer cannot encode: .*e\.g\. 'twelve plus five='"),
     ("resume-changes-method", lambda ws, m, mp: ["train", "--resume", str(ws / "prev"), *sets("method=srt")],
      r"--resume .*prev: method cannot change on resume \(the run has 'mgrpo', --set says 'srt'\)"),
     ("resume-truncated-config", lambda ws, m, mp: truncate(ws / "prev" / "config.yaml")

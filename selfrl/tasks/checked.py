@@ -112,13 +112,13 @@ def check_encodable(tokenizer, texts: list[str], what: str) -> None:
         return
     unk = tokenizer.unk_token_id
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    if unk is not None:
-        bad = [i for i, row in enumerate(ids) if unk in row]
-        missing = _unknown_chars(tokenizer, [texts[i] for i in bad], unk)
-    else:
-        decoded = tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        bad = [i for i, (t, d) in enumerate(zip(texts, decoded)) if t.split() != d.split()]
-        missing = [c for i in bad for c in dict.fromkeys(texts[i]) if c not in decoded[i]]
+    # Both tests, whatever the tokenizer: a pre-tokenizer can also drop what it cannot place without emitting the
+    # unknown token (a character-level tokenizer read back as a byte-level one turns `twelve plus five=` into `=`).
+    decoded = tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    bad = [i for i, (t, d, row) in enumerate(zip(texts, decoded, ids))
+           if (unk is not None and unk in row) or "".join(t.split()) != "".join(d.split())]
+    missing = _unknown_chars(tokenizer, [texts[i] for i in bad], unk) if unk is not None else []
+    missing += [c for i in bad for c in dict.fromkeys(texts[i]) if c not in decoded[i] and not c.isspace()]
     if not bad:
         return
     chars = ", ".join(repr(c) for c in list(dict.fromkeys(missing))[:8]) or "characters that do not decode back"
