@@ -29,7 +29,8 @@ from selfrl.lab.evolve_report import best_so_far, tree_layout, write_report
 from selfrl.lab.proposer import parse_answer
 
 # score = learning_rate * 1000 * max_steps / (max_steps + 10): lr 4e-4 scores 0.2 at 10 steps and 0.3 at 30.
-# temperature > 1.25 crashes, ema_decay > 0.995 hangs, beta > 0.5 allocates 1 GiB (past the memory limit).
+# temperature > 1.25 crashes, ema_decay > 0.995 hangs, beta > 0.5 allocates 1 GiB (past the memory limit), beta in
+# (0.3, 0.5] raises the probe gate's alarm.
 FAKE_CHILD = '''
 import json, os, sys, time
 import yaml
@@ -41,13 +42,14 @@ if cfg["ema_decay"] > 0.995:
     time.sleep(60)
 if cfg["beta"] > 0.5:
     hog = bytearray(1024 ** 3)
+alarm = int(cfg["beta"] > 0.3)  # as the probe gate logs it when a probe category regressed
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 score = round(cfg["learning_rate"] * 1000 * cfg["max_steps"] / (cfg["max_steps"] + 10), 6)
 os.makedirs(cfg["output_dir"], exist_ok=True)
 with open(os.path.join(cfg["output_dir"], "metrics.jsonl"), "w") as f:
     f.write(json.dumps({"step": 0, "val/accuracy": 0.01, "safety/refusal": 1.0}) + "\\n")
     f.write(json.dumps({"step": cfg["max_steps"], "val/accuracy": score, "reward/pseudo": 0.5,
-                        "safety/refusal": 0.75}) + "\\n")
+                        "safety/refusal": 0.75, "safety/alarm": alarm}) + "\\n")
     f.write(json.dumps({"step": cfg["max_steps"], "time/step_s": 0.1}) + "\\n")  # a last row without a score
 '''
 
@@ -188,12 +190,14 @@ def test_stage_gate_failures_and_malformed_answers_are_recorded(tmp_path, endpoi
                         "I would lower the learning rate.",  # 5: not JSON
                         '{"set": {"learning_rate": 5.0}}',  # 6: out of range
                         '{"set": {"beta": 0.9}}',  # 7: 1 GiB past a 512 MiB address-space limit
-                        '{"set": {"learning_rate": 0.0008}}']  # 8: the search still goes on: 0.4, then 0.6
+                        '{"set": {"learning_rate": 0.0008}}',  # 8: the search still goes on: 0.4, then 0.6
+                        '{"set": {"beta": 0.4}}']  # 9: scores as 8 but raises the probe alarm: not kept
     cfg = write_config(tmp_path, mutator="proposer", proposer_url=endpoint, proposer_model="m", child_timeout_s=3,
-                       budget={"children": 8}, selection="best")
+                       budget={"children": 9}, selection="best")
     ec = load_evolve(cfg)
     nodes = search(ec, tmp_path / "out", progress=False)["nodes"]
-    assert [n["status"] for n in nodes] == ["ok", "ok", "ok", "failed", "failed", "rejected", "rejected", "failed", "ok"]
+    assert [n["status"] for n in nodes] == ["ok", "ok", "ok", "failed", "failed", "rejected", "rejected", "failed", "ok",
+                                                "ok"]
     # the start: 0.4·10/20 = 0.2 and 0.4·30/40 = 0.3; it runs every stage whatever its score
     assert nodes[0]["scores"] == pytest.approx([0.2, 0.3]) and nodes[0]["full"]
     assert nodes[1]["scores"] == pytest.approx([0.3, 0.45]) and nodes[1]["full"] and nodes[1]["why"] == "faster"
@@ -205,18 +209,20 @@ def test_stage_gate_failures_and_malformed_answers_are_recorded(tmp_path, endpoi
     assert "outside" in nodes[6]["error"] and nodes[6]["runs"] == []
     assert "MemoryError" in nodes[7]["log_tail"]
     # selection "best": node 1 (0.45 full) is every later parent until node 8 (lr 8e-4: 0.4, 0.6) is evaluated
-    assert [n["parent"] for n in nodes[2:]] == [1] * 7 and nodes[8]["scores"] == pytest.approx([0.4, 0.6])
+    assert [n["parent"] for n in nodes[2:]] == [1] * 7 + [8] and nodes[8]["scores"] == pytest.approx([0.4, 0.6])
     assert nodes[8]["diff"] == {"learning_rate": [0.0006, 0.0008]}
     assert best_full(nodes)["id"] == 8
-    assert nodes[1]["safety"] == {"safety/refusal": 0.75} and nodes[1]["metrics"]["reward/pseudo"] == 0.5
+    assert nodes[1]["safety"] == {"safety/refusal": 0.75, "safety/alarm": 0} and nodes[1]["metrics"]["reward/pseudo"] == 0.5
+    assert nodes[9]["scores"] == pytest.approx([0.4, 0.6]) and nodes[9]["safety"]["safety/alarm"] == 1
+    assert not nodes[9]["kept"] and 9 not in parent_probabilities(nodes, "dgm")
     # the proposer is shown the parent's newest failed child: node 3's crash when proposing child 4, ...
     assert "boom" in Scripted.requests[3]["messages"][1]["content"]
     assert "MemoryError" in failure_log(nodes, 1)  # ... and node 7's after the search
     assert all(r["path"] == "/v1/chat/completions" and r["model"] == "m" for r in Scripted.requests)
     # best-so-far over children that ran (rejections add no point): 0.3, 0.45 (1), 0.45 (2, gated), .. 0.6 (8)
     curve = best_so_far(nodes)
-    assert [x for x, _ in curve] == list(range(7))
-    assert [y for _, y in curve] == pytest.approx([0.3, 0.45, 0.45, 0.45, 0.45, 0.45, 0.6])
+    assert [x for x, _ in curve] == list(range(8))
+    assert [y for _, y in curve] == pytest.approx([0.3, 0.45, 0.45, 0.45, 0.45, 0.45, 0.6, 0.6])
     write_report([tmp_path / "out"], tmp_path / "out")
     assert (tmp_path / "out" / "lineage_search.png").stat().st_size > 1000
     assert "| 8 | 1 | learning_rate: 0.0006 → 0.0008 | ok | 0.400 / 0.600 | yes |" in (tmp_path / "out" / "report.md").read_text()
@@ -233,6 +239,8 @@ def test_keep_better_drops_children_below_the_start(tmp_path, monkeypatch):
             assert n["kept"] == (n["score"] >= start[len(n["scores"]) - 1] - 0.05)
     tree = tree_layout(nodes)
     assert set(tree) == {n["id"] for n in nodes} and tree[0][1] == 0
+    for n in nodes[1:]:  # a child one generation below its parent
+        assert tree[n["id"]][1] == tree[n["parent"]][1] + 1
 
 
 def test_changed_evaluator_is_refused(tmp_path, monkeypatch):
@@ -254,6 +262,27 @@ def test_changed_evaluator_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SelfRLError, match=r"evaluator changed .*task source"):
         search(load_evolve(cfg), tmp_path / "out", progress=False)
     assert len(json.loads((tmp_path / "out" / "archive.json").read_text())["nodes"]) == 2  # nothing more ran
+
+
+def test_compare_runs_each_selection_and_shares_the_start(tmp_path, monkeypatch):
+    from selfrl.lab.evolve import run_evolve
+
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    cfg = write_config(tmp_path, budget={"children": 2}, compare=["dgm", "latest"], search_seeds=[0],
+                       heldout_seeds=[5])
+    out = run_evolve(cfg, tmp_path / "cmp", compare=True, progress=False)
+    dgm, latest = (json.loads((out / s / "seed_0" / "archive.json").read_text()) for s in ("dgm", "latest"))
+    assert dgm["config"]["selection"] == "dgm" and latest["config"]["selection"] == "latest"
+    # the start recipe ran once: the second search read both of its stages from the shared cache
+    assert [r["cached"] for r in dgm["nodes"][0]["runs"]] == [False, False]
+    assert [r["cached"] for r in latest["nodes"][0]["runs"]] == [True, True]
+    assert latest["nodes"][0]["scores"] == dgm["nodes"][0]["scores"] == pytest.approx([0.2, 0.3])
+    # held-out seed 5 of the start (lr 4e-4, 30 steps): 0.3 as on seed 0, since the fake child ignores seeds
+    assert dgm["heldout"]["start"] == {"5": {"status": "ok", "score": pytest.approx(0.3)}}
+    report = (out / "report.md").read_text()
+    assert "| dgm | 1 |" in report and "| latest | 1 |" in report and (out / "best_so_far.png").is_file()
+    with pytest.raises(SelfRLError, match="no archive"):
+        run_evolve(cfg, tmp_path / "empty", report_only=True, progress=False)
 
 
 def _comparable(archive: dict) -> list[dict]:

@@ -422,8 +422,11 @@ def evaluate(ec: EvolveConfig, out: Path, nodes: list[dict], node: dict, cache_d
             break
     k = len(node["scores"]) - 1
     node.update(status="ok", score=node["scores"][-1], full=k == len(ec.stages) - 1)
-    node["kept"] = (node["id"] == 0 or ec.archive_update == "keep_all"
-                    or node["score"] >= nodes[0]["scores"][k] - ec.keep_margin)
+    # A child whose run raised the probe gate's alarm (its probed behaviour fell beyond probe_tolerance of the
+    # start's, selfrl/safety.py) never becomes a parent: misevolution must not be inherited (methods.md §8).
+    alarm = node["id"] != 0 and node["safety"].get("safety/alarm", 0) > 0
+    node["kept"] = not alarm and (node["id"] == 0 or ec.archive_update == "keep_all"
+                                  or node["score"] >= nodes[0]["scores"][k] - ec.keep_margin)
 
 
 # ---------------------------------------------------------------------------------------------- the search

@@ -18,8 +18,8 @@ def load(search_dir: Path) -> dict:
 
 
 def tree_layout(nodes: list[dict]) -> dict[int, tuple[float, float]]:
-    """{id: (x, y)}: leaves at x = 0, 1, 2, ... in depth-first order, each parent at the mean x of its children,
-    y = −depth."""
+    """{id: (x, depth)}: leaves at x = 0, 1, 2, ... in depth-first order, each parent at the mean x of its
+    children."""
     children: dict[int, list[int]] = {n["id"]: [] for n in nodes}
     for n in nodes:
         if n["parent"] is not None:
@@ -33,7 +33,7 @@ def tree_layout(nodes: list[dict]) -> dict[int, tuple[float, float]]:
             next_leaf[0] += 1
         else:
             x = statistics.fmean(place(c, depth + 1) for c in children[i])
-        pos[i] = (x, -depth)
+        pos[i] = (x, depth)
         return x
 
     place(0, 0)
@@ -42,11 +42,12 @@ def tree_layout(nodes: list[dict]) -> dict[int, tuple[float, float]]:
 
 def best_so_far(nodes: list[dict]) -> list[tuple[int, float]]:
     """[(children run, best full-evaluation score so far)]: x = 0 is the start recipe; a rejected proposal ran
-    nothing and adds no point; a child that failed or stopped at an early stage adds a point at the same best."""
+    nothing and adds no point; a child that failed, stopped at an early stage or was not kept (below the start's
+    margin, or a probe alarm) adds a point at the same best."""
     curve = [(0, nodes[0]["score"])]
     for n in nodes[1:]:
         if n["status"] in ("ok", "failed"):
-            score = n["score"] if n["status"] == "ok" and n["full"] else None
+            score = n["score"] if n["status"] == "ok" and n["full"] and n["kept"] else None
             curve.append((len(curve), max(curve[-1][1], score) if score is not None else curve[-1][1]))
     return curve
 
@@ -77,6 +78,7 @@ def plot_tree(nodes: list[dict], png: Path, title: str) -> None:
         ax.annotate(str(n["id"]), pos[n["id"]], textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
     ax.set_title(f"{title}\nlarge: passed every stage; black edge: kept in the archive")
     ax.set_ylabel("generation (depth)")
+    ax.invert_yaxis()  # the start at the top
     ax.set_xticks([])
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
