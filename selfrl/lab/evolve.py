@@ -161,6 +161,10 @@ def load_evolve(path: str | Path, overrides: dict | None = None) -> EvolveConfig
                             _num(s.get("root_margin"), f"{w}.root_margin", optional=True)))
     known = {k: data[k] for k in KEYS if k in data and k not in ("base", "space", "stages")}
     ec = EvolveConfig(path, data, base, space, stages, **known)
+    for key in ("output_dir", "proposer_url", "proposer_model", "proposer_api_key_env"):
+        value = getattr(ec, key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{path}: {key}: expected a non-empty string, got {value!r}")
     if ec.selection not in SELECTIONS or any(s not in SELECTIONS for s in ec.compare):
         raise ConfigError(f"{path}: selection/compare: choose from {', '.join(SELECTIONS)}")
     if ec.archive_update not in ("keep_all", "keep_better") or ec.mutator not in ("builtin", "proposer"):
@@ -335,7 +339,8 @@ def propose_child(ec: EvolveConfig, nodes: list[dict]) -> dict:
             chat = proposer.messages(parent, base, ec.space, text, failure_log(nodes, parent["id"]))
             api_key = os.environ.get(ec.proposer_api_key_env) if ec.proposer_api_key_env else None
             answer = proposer.ask(ec.proposer_url, ec.proposer_model, chat, ec.proposer_timeout_s, api_key)
-            change, edits, why = proposer.parse_answer(answer, ec.space, parent["recipe"], text is not None)
+            effective = {**base, **parent["recipe"]}  # a "change" to the value the parent already runs with is none
+            change, edits, why = proposer.parse_answer(answer, ec.space, effective, text is not None)
             if edits:
                 recipe.apply_edits(text, edits, "patch")
         except recipe.RecipeError as e:
