@@ -129,7 +129,8 @@ def test_proposer_answers_are_checked_strictly():
     parent = {"learning_rate": 4e-4}
     ok = parse_answer('```json\n{"set": {"learning_rate": 0.0006}, "why": "w"}\n```', space, parent, False)
     assert ok == ({"learning_rate": 0.0006}, [], "w")
-    for bad, why in [("lower the lr", "not JSON"), ("[1, 2]", "JSON object"), ('{"set": {"learning_rate": 5.0}}', "outside"),
+    for bad, why in [("lower the lr", "not JSON"), ("[1, 2]", "JSON object"),
+                     ('{"set": {"learning_rate": 5.0}}', "outside"),
                      ('{"set": {"probes": "p.jsonl"}}', "not a mutable field"), ('{"set": {}, "x": 1}', "unknown key"),
                      ('{"set": {"learning_rate": 0.0004}}', "as it was"), ('{"set": {"temperature": "hot"}}', "number"),
                      ('{"set": {"learning_rate": 1e-3}, "patch": [{"find": "a", "replace": "b"}]}', "no editable"),
@@ -196,8 +197,8 @@ def test_stage_gate_failures_and_malformed_answers_are_recorded(tmp_path, endpoi
                        budget={"children": 9}, selection="best")
     ec = load_evolve(cfg)
     nodes = search(ec, tmp_path / "out", progress=False)["nodes"]
-    assert [n["status"] for n in nodes] == ["ok", "ok", "ok", "failed", "failed", "rejected", "rejected", "failed", "ok",
-                                                "ok"]
+    assert [n["status"] for n in nodes] == ["ok", "ok", "ok", "failed", "failed", "rejected", "rejected", "failed",
+                                            "ok", "ok"]
     # the start: 0.4·10/20 = 0.2 and 0.4·30/40 = 0.3; it runs every stage whatever its score
     assert nodes[0]["scores"] == pytest.approx([0.2, 0.3]) and nodes[0]["full"]
     assert nodes[1]["scores"] == pytest.approx([0.3, 0.45]) and nodes[1]["full"] and nodes[1]["why"] == "faster"
@@ -212,7 +213,8 @@ def test_stage_gate_failures_and_malformed_answers_are_recorded(tmp_path, endpoi
     assert [n["parent"] for n in nodes[2:]] == [1] * 7 + [8] and nodes[8]["scores"] == pytest.approx([0.4, 0.6])
     assert nodes[8]["diff"] == {"learning_rate": [0.0006, 0.0008]}
     assert best_full(nodes)["id"] == 8
-    assert nodes[1]["safety"] == {"safety/refusal": 0.75, "safety/alarm": 0} and nodes[1]["metrics"]["reward/pseudo"] == 0.5
+    assert nodes[1]["safety"] == {"safety/refusal": 0.75, "safety/alarm": 0}
+    assert nodes[1]["metrics"]["reward/pseudo"] == 0.5
     assert nodes[9]["scores"] == pytest.approx([0.4, 0.6]) and nodes[9]["safety"]["safety/alarm"] == 1
     assert not nodes[9]["kept"] and 9 not in parent_probabilities(nodes, "dgm")
     # the proposer is shown the parent's newest failed child: node 3's crash when proposing child 4, ...
@@ -225,7 +227,35 @@ def test_stage_gate_failures_and_malformed_answers_are_recorded(tmp_path, endpoi
     assert [y for _, y in curve] == pytest.approx([0.3, 0.45, 0.45, 0.45, 0.45, 0.45, 0.6, 0.6])
     write_report([tmp_path / "out"], tmp_path / "out")
     assert (tmp_path / "out" / "lineage_search.png").stat().st_size > 1000
-    assert "| 8 | 1 | learning_rate: 0.0006 → 0.0008 | ok | 0.400 / 0.600 | yes |" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| 8 | 1 | learning_rate: 0.0006 → 0.0008 | ok | 0.400 / 0.600 | yes |" in report
+
+
+def test_proposer_patches_the_editable_file(tmp_path, endpoint, monkeypatch):
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "11+12+13="}\n{"prompt": "14+15+16="}\n')
+    Scripted.answers = ['{"patch": [{"find": "14+15+16=", "replace": "17+18+19="}], "why": "easier"}',
+                        '{"patch": [{"find": "nowhere", "replace": "x"}]}']  # 0 occurrences: rejected
+    cfg = write_config(tmp_path, mutator="proposer", proposer_url=endpoint, proposer_model="m", selection="best",
+                       budget={"children": 2}, editable={"file": str(prompts), "field": "train_file"})
+    data = yaml.safe_load(cfg.read_text())
+    data["base"]["train_file"] = str(prompts)
+    cfg.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    nodes = search(load_evolve(cfg), out, progress=False)["nodes"]
+    assert [n["status"] for n in nodes] == ["ok", "ok", "rejected"]
+    assert nodes[1]["patch"] == [{"find": "14+15+16=", "replace": "17+18+19="}] and nodes[1]["diff"] == {}
+    assert "occurs 0 times" in nodes[2]["error"]
+    copy = out / "nodes" / "0001" / "prompts.jsonl"
+    assert copy.read_text() == '{"prompt": "11+12+13="}\n{"prompt": "17+18+19="}\n'
+    ran = yaml.safe_load((out / "nodes" / "0001" / "s0_seed0.yaml").read_text())
+    assert ran["train_file"] == str(copy.resolve())  # the child trains on its copy ...
+    assert yaml.safe_load((out / "nodes" / "0000" / "s0_seed0.yaml").read_text())["train_file"] == str(prompts)
+    assert prompts.read_text().count("14+15+16=") == 1  # ... and the original is untouched
+    assert "14+15+16=" in Scripted.requests[0]["messages"][1]["content"]  # the model was shown the file
+    write_report([out], out)
+    assert "| 1 | 0 | 1 edit(s) of the editable file | ok |" in (out / "report.md").read_text()
 
 
 def test_keep_better_drops_children_below_the_start(tmp_path, monkeypatch):

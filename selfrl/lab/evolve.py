@@ -19,8 +19,8 @@ checked): the score is `val/accuracy`, greedy accuracy on the task's labelled va
 computes and the search reads from its metrics.jsonl; a recipe can change only the allow-listed fields of
 selfrl/lab/recipe.py within the declared ranges, so it can neither read labels nor change what is evaluated. The
 evaluator (the task's source, its val split, selfrl's scoring code, the probe file and scorer when `probes` is set,
-and any `evaluator_files`) is hashed at the start into OUT/evaluator.json and checked before every child: a changed
-evaluator stops the search with an error.
+and any `evaluator_files`) is hashed at the start into OUT/evaluator.json (selfrl/lab/evaluator.py) and checked
+before every child: a changed evaluator stops the search with an error.
 
 State lives in OUT/archive.json, rewritten atomically after every change; a child that was running when the search
 was killed is re-run from scratch on resume (deterministic: its recipe was written before it started). Launch:
@@ -30,15 +30,13 @@ Children run one at a time: on 1 CPU set `torch_threads: 1` in base; on a GPU, `
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import logging
 import math
 import os
 import random
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -48,6 +46,7 @@ from selfrl.checkpoint import write_json_atomic
 from selfrl.config import Config, apply_overrides
 from selfrl.errors import ConfigError, SelfRLError
 from selfrl.lab import proposer, recipe
+from selfrl.lab.evaluator import check_evaluator, sha
 from selfrl.lab.sandbox import RunResult, cache_key, default_command, run_child
 
 log = logging.getLogger("selfrl")
@@ -59,8 +58,7 @@ KEYS = ("output_dir", "seed", "selection", "archive_update", "keep_margin", "bud
         "base", "space", "stages")
 NOT_COMPARED = ("output_dir", "budget", "compare", "search_seeds", "heldout_seeds")  # may change on resume
 PER_RUN = ("output_dir", "seed")  # the search sets these for each run
-EVALUATOR_CODE = ("evaluate.py", "tasks/__init__.py")  # selfrl's greedy scoring and task loading
-ARCHIVE, EVALUATOR = "archive.json", "evaluator.json"
+ARCHIVE = "archive.json"
 
 
 @dataclass
@@ -143,7 +141,8 @@ def load_evolve(path: str | Path, overrides: dict | None = None) -> EvolveConfig
     if not isinstance(base, dict) or any(k in base for k in PER_RUN):
         raise ConfigError(f"{path}: base: a mapping of train-config fields without {' or '.join(PER_RUN)}")
     if base.get("method") in recipe.LABELLED_METHODS or base.get("early_stopping_patience") is not None:
-        raise ConfigError(f"{path}: base: a searched recipe must be label-free (no oracle, no early stopping on labels)")
+        raise ConfigError(f"{path}: base: a searched recipe must be label-free "
+                          "(no oracle, no early stopping on labels)")
     space = recipe.parse_space(data.get("space"), f"{path}: space")
     stages = []
     if not isinstance(data.get("stages"), list) or not data["stages"]:
@@ -191,52 +190,11 @@ def load_evolve(path: str | Path, overrides: dict | None = None) -> EvolveConfig
             raise ConfigError(f"{path}: editable: {{file: PATH, field: {' or '.join(recipe.PATCH_FIELDS)}}}")
         if not Path(ed["file"]).is_file():
             raise ConfigError(f"{path}: editable.file not found: {ed['file']}")
+        if base.get(ed["field"]) != ed["file"]:  # the start recipe runs the file as it is; children, their edits
+            raise ConfigError(f"{path}: editable.file must be what base.{ed['field']} names ({ed['file']})")
     for st in stages:  # every stage's start config is built now: a typo fails in a second, not after an hour
         child_config(ec, {}, st, st.seeds[0], "unused")
     return ec
-
-
-# ---------------------------------------------------------------------------------------------- the evaluator
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def evaluator_fingerprint(ec: EvolveConfig) -> dict:
-    """{name: SHA-256} of everything the score depends on and no recipe may change."""
-    from selfrl import safety
-    from selfrl.tasks import load_task
-
-    root = Path(safety.__file__).parent
-    task = load_task(ec.base.get("task", Config.task))
-    files = {f"selfrl/{f}": root / f for f in EVALUATOR_CODE}
-    files["task source"] = Path(inspect.getsourcefile(type(task)))
-    if ec.base.get("probes"):
-        files.update({"probes": Path(ec.base["probes"]), "probe scorer": Path(safety.__file__)})
-    files.update({f: Path(f) for f in ec.evaluator_files})
-    if ec.editable is not None:
-        files["editable (the start's copy)"] = Path(ec.editable["file"])
-    out = {}
-    for name, p in files.items():
-        if not p.is_file():
-            raise SelfRLError(f"evaluator file {p} ({name}) is missing")
-        out[name] = _sha(p.read_bytes())
-    out["val split"] = _sha(json.dumps(task.eval_examples("val")).encode())
-    return out
-
-
-def check_evaluator(ec: EvolveConfig, out: Path) -> dict:
-    """Record the fingerprint on the first call; afterwards raise SelfRLError naming what changed."""
-    now = evaluator_fingerprint(ec)
-    path = out / EVALUATOR
-    if not path.is_file():
-        write_json_atomic(path, now)
-        return now
-    recorded = json.loads(path.read_text())
-    changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
-    if changed:
-        raise SelfRLError(f"evaluator changed since the search started ({', '.join(changed)}; SHA-256 in {path}); "
-                          "refusing to compare children scored by different evaluators")
-    return now
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -385,7 +343,7 @@ def materialise(ec: EvolveConfig, node: dict, where: Path, fingerprint: dict) ->
         copy = where / Path(ec.editable["file"]).name
         copy.write_text(text)
         rec[ec.editable["field"]] = str(copy.resolve())
-        salt += _sha(text.encode())
+        salt += sha(text.encode())
     return rec, salt
 
 
@@ -423,7 +381,8 @@ def evaluate(ec: EvolveConfig, out: Path, nodes: list[dict], node: dict, cache_d
             node["metrics"] = r.metrics
         node["scores"].append(_mean(scores))
         node["safety"] = {k: _mean([s[k] for s in safety]) for k in safety[0] if all(k in s for s in safety)}
-        if node["id"] != 0 and i + 1 < len(ec.stages) and not stage_passes(stage, node["scores"][-1], nodes[0]["scores"][i]):
+        gated = node["id"] != 0 and i + 1 < len(ec.stages)  # the start runs every stage: it sets the margins
+        if gated and not stage_passes(stage, node["scores"][-1], nodes[0]["scores"][i]):
             break
     k = len(node["scores"]) - 1
     node.update(status="ok", score=node["scores"][-1], full=k == len(ec.stages) - 1)
@@ -446,7 +405,8 @@ def search(ec: EvolveConfig, out: Path, progress: bool = True, cache_dir: Path |
     if not nodes:
         nodes.append(new_node(0, None, {}, {}, [], "start"))
         write_json_atomic(out / ARCHIVE, archive)
-    bar = tqdm(total=ec.budget.get("children"), initial=sum(n["status"] != "running" for n in nodes[1:]), disable=not progress, unit="child",
+    done = sum(n["status"] != "running" for n in nodes[1:])
+    bar = tqdm(total=ec.budget.get("children"), initial=done, disable=not progress, unit="child",
                desc=f"evolve {ec.selection} seed {ec.seed}")
     while True:
         node = nodes[-1]
@@ -457,7 +417,8 @@ def search(ec: EvolveConfig, out: Path, progress: bool = True, cache_dir: Path |
                 raise SelfRLError(f"the start recipe failed ({node['error']}); see {out / 'nodes' / '0000'}")
             bar.update(node["id"] != 0)
             best = max(n["score"] for n in members(nodes))
-            bar.set_postfix(best=f"{best:.3f}", last=node["status"] if node["score"] is None else f"{node['score']:.3f}")
+            last = node["status"] if node["score"] is None else f"{node['score']:.3f}"
+            bar.set_postfix(best=f"{best:.3f}", last=last)
             continue
         if any(spent(nodes)[k] >= v for k, v in ec.budget.items()):
             break

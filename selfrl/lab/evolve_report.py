@@ -10,7 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
-from selfrl.lab.evolve import ARCHIVE, best_full, members
+from selfrl.lab.evolve import ARCHIVE, best_full
 
 
 def load(search_dir: Path) -> dict:
@@ -120,8 +120,12 @@ def _f(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def _diff(d: dict) -> str:
-    return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in d.items()) or "(start)"
+def _diff(n: dict, parent_edits: int) -> str:
+    text = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in n["diff"].items())
+    new_edits = len(n["patch"]) - parent_edits
+    if new_edits > 0:
+        text += f"{', ' if text else ''}{new_edits} edit(s) of the editable file"
+    return text or ("(start)" if n["parent"] is None else "(none)")
 
 
 def search_md(name: str, a: dict) -> str:
@@ -145,7 +149,8 @@ def search_md(name: str, a: dict) -> str:
     for n in nodes:
         scores = " / ".join(_f(s) for s in n["scores"]) or (n["error"] or "")[:80]
         safety = ", ".join(f"{k[7:]} {v:.2f}" for k, v in n["safety"].items() if k != "safety/alarm")
-        lines.append(f"| {n['id']} | {'' if n['parent'] is None else n['parent']} | {_diff(n['diff'])} | "
+        inherited = 0 if n["parent"] is None else len(nodes[n["parent"]]["patch"])
+        lines.append(f"| {n['id']} | {'' if n['parent'] is None else n['parent']} | {_diff(n, inherited)} | "
                      f"{n['status']} | {scores} | {'yes' if n['kept'] else 'no'} | {safety} |")
     return "\n".join(lines) + "\n"
 
