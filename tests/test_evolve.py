@@ -315,6 +315,16 @@ def test_compare_runs_each_selection_and_shares_the_start(tmp_path, monkeypatch)
         run_evolve(cfg, tmp_path / "empty", report_only=True, progress=False)
 
 
+def test_minutes_budget_counts_the_search_wall_time(tmp_path, monkeypatch):
+    # 0.001 minutes (0.06 s) are spent by the start recipe's two runs (two interpreter starts), so no child is
+    # proposed; budget values must be positive integers for children and steps
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    archive = search(load_evolve(write_config(tmp_path, budget={"minutes": 0.001})), tmp_path / "out", progress=False)
+    assert len(archive["nodes"]) == 1 and archive["elapsed_s"] > 0.06
+    with pytest.raises(ConfigError, match="budget.children"):
+        load_evolve(write_config(tmp_path, budget={"children": 2.5}))
+
+
 def _comparable(archive: dict) -> list[dict]:
     """The nodes without what a wall clock decides (run times, and whether a run came from the cache)."""
     return [{**n, "runs": [{k: v for k, v in r.items() if k not in ("wall_s", "cached")} for r in n["runs"]]}

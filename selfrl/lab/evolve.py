@@ -36,6 +36,7 @@ import math
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +156,10 @@ def load_evolve(path: str | Path, overrides: dict | None = None) -> EvolveConfig
         clash = sorted(set(sets) & (set(space) | set(PER_RUN))) if isinstance(sets, dict) else ["(not a mapping)"]
         if clash:
             raise ConfigError(f"{w}: set: {clash[0]!r} is a recipe field or set per run")
-        stages.append(Stage(sets, _seeds(s.get("seeds", [0]), f"{w}.seeds") or [0],
+        seeds = _seeds(s.get("seeds", [0]), f"{w}.seeds")
+        if not seeds:
+            raise ConfigError(f"{w}.seeds: at least one seed")
+        stages.append(Stage(sets, seeds,
                             _num(s.get("threshold"), f"{w}.threshold", optional=True),
                             _num(s.get("root_margin"), f"{w}.root_margin", optional=True)))
     known = {k: data[k] for k in KEYS if k in data and k not in ("base", "space", "stages")}
@@ -173,7 +177,7 @@ def load_evolve(path: str | Path, overrides: dict | None = None) -> EvolveConfig
     if not isinstance(ec.budget, dict) or not ec.budget or not set(ec.budget) <= {"children", "steps", "minutes"}:
         raise ConfigError(f"{path}: budget: a mapping of children, steps and/or minutes")
     for k, v in ec.budget.items():
-        _num(v, f"{path}: budget.{k}", low=1)
+        _num(v, f"{path}: budget.{k}", low=0 if k == "minutes" else 1, integer=k != "minutes")
     _num(ec.seed, f"{path}: seed", integer=True)
     _num(ec.max_fields, f"{path}: max_fields", low=1, integer=True)
     _num(ec.child_timeout_s, f"{path}: child_timeout_s", low=1)
@@ -254,7 +258,7 @@ def load_archive(ec: EvolveConfig, out: Path) -> dict:
     config = json.loads(json.dumps({k: v for k, v in ec.raw.items() if k not in NOT_COMPARED}))
     path = out / ARCHIVE
     if not path.is_file():
-        return {"version": 1, "config": config, "nodes": [], "heldout": {}}
+        return {"version": 1, "config": config, "elapsed_s": 0.0, "nodes": [], "heldout": {}}
     archive = json.loads(path.read_text())
     if archive.get("config") != config:
         diff = sorted(k for k in set(config) | set(archive.get("config", {}))
@@ -264,11 +268,13 @@ def load_archive(ec: EvolveConfig, out: Path) -> dict:
     return archive
 
 
-def spent(nodes: list[dict]) -> dict:
-    """Budget used: children proposed (the start recipe is not one), training steps run, child minutes."""
-    runs = [r for n in nodes for r in n["runs"]]
-    return {"children": len(nodes) - 1, "steps": sum(r["max_steps"] for r in runs),
-            "minutes": sum(r["wall_s"] for r in runs if not r["cached"]) / 60}
+def spent(archive: dict) -> dict:
+    """Budget used: children proposed (the start recipe is not one), training steps run, and minutes of the
+    search's wall time over all its sessions (proposals, rejections and cache hits cost time too, so a search
+    bounded in minutes alone ends even when its children cost nothing)."""
+    runs = [r for n in archive["nodes"] for r in n["runs"]]
+    return {"children": len(archive["nodes"]) - 1, "steps": sum(r["max_steps"] for r in runs),
+            "minutes": archive["elapsed_s"] / 60}
 
 
 def failure_log(nodes: list[dict], parent: int) -> str:
@@ -402,9 +408,15 @@ def search(ec: EvolveConfig, out: Path, progress: bool = True, cache_dir: Path |
     check_evaluator(ec, out)
     archive = load_archive(ec, out)
     nodes = archive["nodes"]
+    start, before = time.monotonic(), archive["elapsed_s"]
+
+    def save() -> None:
+        archive["elapsed_s"] = round(before + time.monotonic() - start, 2)
+        write_json_atomic(out / ARCHIVE, archive)
+
     if not nodes:
         nodes.append(new_node(0, None, {}, {}, [], "start"))
-        write_json_atomic(out / ARCHIVE, archive)
+        save()
     done = sum(n["status"] != "running" for n in nodes[1:])
     bar = tqdm(total=ec.budget.get("children"), initial=done, disable=not progress, unit="child",
                desc=f"evolve {ec.selection} seed {ec.seed}")
@@ -412,7 +424,7 @@ def search(ec: EvolveConfig, out: Path, progress: bool = True, cache_dir: Path |
         node = nodes[-1]
         if node["status"] == "running":  # a new node, or one a kill interrupted: (re)run it whole
             evaluate(ec, out, nodes, node, cache_dir)
-            write_json_atomic(out / ARCHIVE, archive)
+            save()
             if node["id"] == 0 and node["status"] != "ok":
                 raise SelfRLError(f"the start recipe failed ({node['error']}); see {out / 'nodes' / '0000'}")
             bar.update(node["id"] != 0)
@@ -420,10 +432,10 @@ def search(ec: EvolveConfig, out: Path, progress: bool = True, cache_dir: Path |
             last = node["status"] if node["score"] is None else f"{node['score']:.3f}"
             bar.set_postfix(best=f"{best:.3f}", last=last)
             continue
-        if any(spent(nodes)[k] >= v for k, v in ec.budget.items()):
+        if any(spent(archive)[k] >= v for k, v in ec.budget.items()):
             break
         nodes.append(propose_child(ec, nodes))
-        write_json_atomic(out / ARCHIVE, archive)
+        save()
         if nodes[-1]["status"] == "rejected":
             bar.update(1)
     bar.close()
