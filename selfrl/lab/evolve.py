@@ -72,31 +72,33 @@ class Stage:
 
 @dataclass
 class EvolveConfig:
+    """An evolve file (selfrl/lab/configs/evolve.yaml shows every key); docs/evolve.md explains each."""
+
     path: Path
     raw: dict  # the file as parsed: recorded in the archive, compared on resume
-    base: dict
-    space: dict
-    stages: list[Stage]
-    output_dir: str = "runs/evolve"
-    seed: int = 0
-    selection: str = "dgm"
-    archive_update: str = "keep_all"
+    base: dict  # train-config fields under every recipe (no seed or output_dir: set per run)
+    space: dict  # {field: recipe.Range}: the allow-listed fields a recipe may change, with their ranges
+    stages: list[Stage]  # staged evaluation, cheapest first
+    output_dir: str = "runs/evolve"  # the search directory (--out overrides it)
+    seed: int = 0  # seeds parent draws and the built-in mutator: child i draws from "evolve/SEED/i"
+    selection: str = "dgm"  # dgm, score_prop, random, best or latest
+    archive_update: str = "keep_all"  # keep_all, or keep_better: only children within keep_margin of the start
     keep_margin: float = 0.1  # DGM's noise_leeway
-    budget: dict = field(default_factory=lambda: {"children": 20})
-    mutator: str = "builtin"
-    max_fields: int = 2
-    proposer_url: str | None = None
-    proposer_model: str | None = None
-    proposer_timeout_s: float = 120.0
-    proposer_api_key_env: str | None = "OPENAI_API_KEY"
-    child_timeout_s: float = 3600.0
-    child_memory_mb: int | None = 16384
-    command: list[str] | None = None
-    evaluator_files: list[str] = field(default_factory=list)
-    editable: dict | None = None
-    compare: list[str] = field(default_factory=lambda: ["dgm", "latest", "random"])
-    search_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    heldout_seeds: list[int] = field(default_factory=list)
+    budget: dict = field(default_factory=lambda: {"children": 20})  # children, steps and/or minutes
+    mutator: str = "builtin"  # builtin (perturb fields of the space) or proposer (an LLM endpoint)
+    max_fields: int = 2  # the built-in mutator changes 1..max_fields fields per child
+    proposer_url: str | None = None  # an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    proposer_model: str | None = None  # the model name sent to it
+    proposer_timeout_s: float = 120.0  # an answer slower than this is a rejected proposal
+    proposer_api_key_env: str | None = "OPENAI_API_KEY"  # environment variable holding a bearer token, if any
+    child_timeout_s: float = 3600.0  # a run past this is killed with its process group: a failed child
+    child_memory_mb: int | None = 16384  # address-space limit of a run (RLIMIT_AS); null: none
+    command: list[str] | None = None  # the child command, the run's config file appended (null: selfrl train)
+    evaluator_files: list[str] = field(default_factory=list)  # more files the score depends on, hashed
+    editable: dict | None = None  # {file, field}: a file recipes may edit, and the config field naming it
+    compare: list[str] = field(default_factory=lambda: ["dgm", "latest", "random"])  # selections of --compare
+    search_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # search seeds of --compare
+    heldout_seeds: list[int] = field(default_factory=list)  # after the budget: start and best re-run on these
 
 
 def _num(v, where: str, low: float = 0.0, integer: bool = False, optional: bool = False):
@@ -168,7 +170,8 @@ def load_evolve(path: str | Path, overrides: dict | None = None) -> EvolveConfig
         value = getattr(ec, key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigError(f"{path}: {key}: expected a non-empty string, got {value!r}")
-    if ec.selection not in SELECTIONS or any(s not in SELECTIONS for s in ec.compare):
+    if ec.selection not in SELECTIONS or not isinstance(ec.compare, list) \
+            or any(s not in SELECTIONS for s in ec.compare):
         raise ConfigError(f"{path}: selection/compare: choose from {', '.join(SELECTIONS)}")
     if ec.archive_update not in ("keep_all", "keep_better") or ec.mutator not in ("builtin", "proposer"):
         raise ConfigError(f"{path}: archive_update is keep_all or keep_better; mutator is builtin or proposer")
@@ -184,6 +187,10 @@ def load_evolve(path: str | Path, overrides: dict | None = None) -> EvolveConfig
     _num(ec.child_memory_mb, f"{path}: child_memory_mb", low=64, integer=True, optional=True)
     _num(ec.keep_margin, f"{path}: keep_margin")
     _seeds(ec.search_seeds, f"{path}: search_seeds")
+    if not isinstance(ec.compare, list) or not ec.compare or not ec.search_seeds:
+        raise ConfigError(f"{path}: compare and search_seeds: non-empty lists")
+    if not isinstance(ec.evaluator_files, list) or not all(isinstance(f, str) for f in ec.evaluator_files):
+        raise ConfigError(f"{path}: evaluator_files: a list of paths")
     _seeds(ec.heldout_seeds, f"{path}: heldout_seeds")
     if ec.command is not None and (not isinstance(ec.command, list) or not ec.command
                                    or not all(isinstance(c, str) for c in ec.command)):
