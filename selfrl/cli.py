@@ -1,4 +1,4 @@
-"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth, evolve."""
 from __future__ import annotations
 
 import argparse
@@ -177,6 +177,13 @@ def cmd_synth(args) -> None:
           f"(report: {cfg.output_dir}/report.md)")
 
 
+def cmd_evolve(args) -> None:
+    from selfrl.lab.evolve import run_evolve
+
+    out = run_evolve(args.config, args.out, args.compare, args.report_only, progress=not args.no_progress)
+    print(f"written: {out / 'report.md'}, {out}")
+
+
 def cmd_config(args) -> None:
     from selfrl.grpo_config import Config, field_docs, load_config
 
@@ -267,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("config", nargs="?", help="YAML file of synth config fields (docs/synth.md; default: built-in defaults)")
     sy.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a synth config field (repeatable)")
     sy.set_defaults(func=cmd_synth)
+    ev = sub.add_parser("evolve", help="evolve label-free recipes with an open-ended archive (DGM search), resumable")
+    ev.add_argument("config", help="evolve YAML file (docs/evolve.md, example: selfrl/lab/configs/evolve.yaml)")
+    ev.add_argument("--out", help="search directory (default: the file's output_dir)")
+    ev.add_argument("--compare", action="store_true", help="run each of the file's compare: selections x search_seeds")
+    ev.add_argument("--report-only", action="store_true", help="run nothing; report on the archives that exist")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_evolve)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
