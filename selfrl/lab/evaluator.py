@@ -34,7 +34,8 @@ def evaluator_fingerprint(ec) -> dict:  # ec: an EvolveConfig (selfrl/lab/evolve
     root = Path(safety.__file__).parent
     task = load_task(ec.base.get("task", Config.task))
     files = {f"selfrl/{f}": root / f for f in EVALUATOR_CODE}
-    files["task source"] = Path(inspect.getsourcefile(type(task)))
+    files["task source"] = Path(inspect.getsourcefile(type(getattr(task, "task", task))))  # the user's, not the checks'
+
     if ec.base.get("probes"):
         files.update({"probes": Path(ec.base["probes"]), "probe scorer": Path(safety.__file__)})
     files.update({f: Path(f) for f in ec.evaluator_files})

@@ -39,6 +39,13 @@ class CheckedTask:
         self.task = task
         self.name = getattr(task, "name", "task")
 
+    def __getattr__(self, name):
+        # Methods beyond the checked interface (a task's optional sft_examples, a verifier's score, ...) pass through;
+        # `task` itself is looked up normally, so this never recurses.
+        if name == "task":
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
     def _call(self, method: str, *args):
         try:
             return getattr(self.task, method)(*args)
