@@ -319,3 +319,36 @@ def test_tiny_chat_model_plays_an_episode_through_its_template(task):
     assert ep.text.startswith(rendered) and "You failed this trial because" in ep.text
     assert tok.decode([i for i, m in zip(ep.input_ids, ep.loss_mask) if m]) == "".join(
         a.completion + "<|im_end|>" for a in ep.attempts)
+
+
+# ------------------------------------------------------------------------------------------------- the warm-up
+def test_warmup_reads_stated_rules_but_never_the_ood_one(task):
+    from selfrl.points_organism import HOLDOUT_HANDS, warmup_pairs
+
+    pairs = warmup_pairs(task, 2000, 0.5, seed=0)
+    hands = [hand_from_question(p.strip()) for p, _ in pairs]
+    assert all(max(h.faces) <= 10 for h in hands)  # no face is ever 11, 12 or 13
+    assert not any(set(h.values) & {11, 12, 13} for h in hands)
+    id_share = sum(h.faces == ID_FACES for h in hands) / len(hands)
+    assert 0.45 < id_share < 0.55  # drawn with p = 0.5 (sd 0.011); a stated rule is never 10, 10, 10 (v <= 9)
+    assert len({h.faces for h in hands}) > 50  # many stated rules: single values 1-9 and distinct triples
+    held = {tuple(sorted(h.values)) for s in ("val", "test_id") for h in task.hands(s)}
+    holdout = {h.ranks for h in task.hands("train")[-HOLDOUT_HANDS:]}
+    for (p, c), h in zip(pairs, hands):
+        assert p == h.question() + "\n" and score(h, c) == (5, ["Correct solution"])
+        assert tuple(sorted(h.values)) not in held
+        assert h.ranks not in holdout  # the stopping test's hands are never trained on
+
+
+def test_saved_organism_tokenizer_keeps_spaces_and_newlines(tmp_path):
+    from selfrl.organism import OrganismSpec, build_model
+    from selfrl.points_organism import CHARS, load_points_organism
+
+    tok = build_tokenizer(CHARS)
+    build_model(OrganismSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+                len(tok)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    _, loaded = load_points_organism(tmp_path)
+    text = 'Cards: J, 3.\n{"cards": ["J"]}'
+    ids = loaded(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and loaded.decode(ids) == text  # one token per character, spaces included
