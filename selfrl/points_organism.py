@@ -24,7 +24,8 @@ Measured (default spec, 370k parameters, 1000 steps of 32 pairs, 1 thread on a 2
 jobs, load average ~7): the warm-up takes 455 s; greedy single-turn success of the start is 1/128 on `test_id`
 and 0/128 on `test_ood`; 44/128 ID answers are legal formulas with the wrong value (-1), and almost every OOD
 answer uses a face card as 10 (-4). (Measured before the rule family was drawn first, when skipped stated-rule
-draws left the ID share somewhat above `id_share`.) Load it with `load_points_organism`, not selfrl/models.py's `load_model`.
+draws left the ID share somewhat above `id_share`.)
+Load it with `load_points_organism`, not selfrl/models.py's `load_model`.
 """
 from __future__ import annotations
 
