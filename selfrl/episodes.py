@@ -150,6 +150,7 @@ def episode_batch(episodes: list[Episode], pad_id: int) -> dict[str, torch.Tenso
     mask = torch.zeros((len(episodes), width))  # (B, T)
     for i, e in enumerate(episodes):
         n = len(e.input_ids)
-        ids[i, :n], attn[i, :n], mask[i, :n] = torch.tensor(e.input_ids), True, torch.tensor(e.loss_mask, dtype=torch.float)
+        ids[i, :n], attn[i, :n] = torch.tensor(e.input_ids), True
+        mask[i, :n] = torch.tensor(e.loss_mask, dtype=torch.float)
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask,
             "rewards": torch.tensor([e.total_reward for e in episodes], dtype=torch.float)}
