@@ -12,8 +12,8 @@ What the warm-up sees, exactly (`warmup_pairs`):
 * Rules: with probability `id_share` a train hand under the ID rule "J, Q, K count as 10". Otherwise a train hand
   holding a face card under another stated rule, half of the time one value "J, Q, K count as v" (v in 1..9),
   half of the time three distinct values "J, Q, K count as a, b, c" (a, b, c in 1..10): so that a small model
-  learns to READ the rule rather than memorise "face = 10". No face card is ever valued 11, 12 or 13: the OOD rule "J, Q, K count as
-  11, 12, 13" (and the numbers 11-13 in any formula) never appears in the warm-up.
+  learns to READ the rule rather than memorise "face = 10". No face card is ever valued 11, 12 or 13: the OOD
+  rule "J, Q, K count as 11, 12, 13" (and the numbers 11-13 in any formula) never appears in the warm-up.
 * A rule under which the hand has no solution is skipped; so is a (hand, rule) whose value multiset is a `val` or
   `test_id` hand's, so the warm-up never solves a held-out ID problem under another name.
 * The formula is one solution drawn uniformly from all of the hand's solutions (seeded).
