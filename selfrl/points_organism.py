@@ -41,7 +41,7 @@ from pathlib import Path
 
 from selfrl.organism import build_model, build_tokenizer, cache_dir
 from selfrl.sft import sft
-from selfrl.tasks.points import ID_FACES, Hand, PointsTask, answer_text, prompt_text, solutions
+from selfrl.tasks.points import Hand, PointsTask, answer_text, prompt_text, solutions
 
 log = logging.getLogger(__name__)
 

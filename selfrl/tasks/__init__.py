@@ -137,6 +137,10 @@ def load_task(spec: str):
         from selfrl.tasks.wordarith import WordArithTask
 
         return check_task(WordArithTask())
+    if spec == "points":
+        from selfrl.tasks.points import PointsTask
+
+        return check_task(PointsTask())
     cls = _load_class(spec)
     try:
         task = cls()
