@@ -100,6 +100,13 @@ def ema_update_(ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tenso
     torch._foreach_lerp_(list(ema_params), list(params), 1.0 - decay)
 
 
+def cosine_anneal(step: int, total: int, start: float, end: float) -> float:
+    """start -> end along half a cosine over `total` steps: end + (start - end)·(1 + cos(π·t/total))/2, t = step - 1
+    clipped to [0, total] (Co-rewarding-II's public code anneals its teacher's update rate this way)."""
+    t = max(0, min(step - 1, total))
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * t / max(total, 1)))
+
+
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) per position: logsumexp(z) − Σ p·z.  logits (..., V) -> (...)."""
     logits = logits.float()

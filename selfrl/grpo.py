@@ -30,7 +30,11 @@ What we change, and why
     regression does (continue, rollback, stop).
 
 The same loop runs `oracle` (gold reward: the ceiling), `srt` (vote over the policy's own G samples), `ttrl`
-(vote over `num_votes`, train on the first `num_generations`), `intuitor` (self-certainty reward) and `mgrpo`.
+(vote over `num_votes`, train on the first `num_generations`), `intuitor` (self-certainty reward), `mgrpo`, and
+`corewarding` (Co-rewarding-II, arXiv 2508.00410, its nearest rival: the momentum copy is an EMA *teacher* whose own
+N rollouts alone vote, which is also the KL reference, updated at a rate cosine-annealed from 0.01 to 1e-5 as in the
+authors' public code (tmlr-group/Co-rewarding, sliding_average alpha_start/alpha_end); methods.md §9 gives the
+paper's description, which we follow, and the public code's schedule is the one thing we take from it).
 
 Shapes (one vocabulary, derived once by `Config.sizes`): B prompts, G pooled voters per prompt, M trained policy
 rollouts per prompt, N momentum rollouts per prompt, T response tokens, V vocabulary. The policy samples G - N per
@@ -87,8 +91,12 @@ def as_momentum(s: Setup):
 
 @contextlib.contextmanager
 def as_reference(s: Setup):
-    """The module that computes the KL reference (the start model): its frozen copy, or (LoRA) the base itself."""
-    if s.cfg.use_peft:
+    """The module that computes the KL reference: the start model's frozen copy, or (LoRA) the base itself;
+    corewarding's is its EMA teacher (Co-rewarding-II)."""
+    if s.cfg.method == "corewarding":
+        with as_momentum(s) as teacher:
+            yield teacher
+    elif s.cfg.use_peft:
         with s.model.disable_adapter():
             yield s.model
     else:
@@ -194,7 +202,10 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     # 3. the vote among the survivors (every method votes: the share is a label-free signal the detector reads,
     #    even where the reward is not the vote)
     texts = [pol.texts[i * P : (i + 1) * P] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(b)]
-    votes = [core.vote_texts(row, task.extract_answer, eq, krow) for row, krow in zip(texts, keep.tolist())]
+    voters = keep.clone()
+    if cfg.method == "corewarding":  # Co-rewarding-II: the label is the EMA teacher's own vote; the policy abstains
+        voters[:, :P] = False
+    votes = [core.vote_texts(row, task.extract_answer, eq, krow) for row, krow in zip(texts, voters.tolist())]
     answers, labels, shares = [v[0] for v in votes], [v[1] for v in votes], [v[2] for v in votes]
     if s.oracle_gold is not None:
         labels = [s.oracle_gold[i] for i in ids]  # labelled method: the ceiling, never label-free
@@ -251,6 +262,8 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     if updates:
         s.scheduler.step()  # the schedule counts training steps (rollout batches), not passes
     # 6. momentum update after the optimizer step, every step that updated the policy
+    if cfg.method == "corewarding":  # the teacher's rate, cosine-annealed (Co-rewarding-II's code: 0.01 -> 1e-5)
+        s.ema_decay = 1.0 - core.cosine_anneal(step, cfg.max_steps, cfg.teacher_alpha_start, cfg.teacher_alpha_end)
     if s.ema_pairs is not None and updates:
         ema, src = s.ema_pairs
         core.ema_update_(ema, [p.detach().float() for p in src], s.ema_decay)

@@ -27,7 +27,8 @@ class Sizes(NamedTuple):
     N: int  # momentum rollouts per prompt (mgrpo; 0 otherwise): vote, never trained
 
 
-METHODS = ("oracle", "srt", "ttrl", "mgrpo", "intuitor")
+METHODS = ("oracle", "srt", "ttrl", "mgrpo", "intuitor", "corewarding")
+ANCHORED = ("mgrpo", "corewarding")  # the methods with an EMA copy of the policy (momentum model / teacher)
 DETECTOR_ACTIONS = ("off", "alarm", "rollback", "stop")
 
 
@@ -47,7 +48,7 @@ class Config:
     apply_chat_template: bool | None = None
     """Render each formatted prompt as a user turn of the tokenizer's chat template (None: when it has one; true: required)."""
     method: str = "mgrpo"
-    """oracle (RL on gold answers: uses labels), srt, ttrl, mgrpo or intuitor (self-certainty reward) (label-free)."""
+    """oracle (RL on gold answers: uses labels), srt, ttrl, mgrpo, intuitor (self-certainty reward) or corewarding (Co-rewarding-II: the EMA teacher's vote) (label-free)."""
     output_dir: str = "runs/run"
     """Run directory: resolved config, metrics.jsonl, TensorBoard events, checkpoints."""
     seed: int = 0
@@ -76,6 +77,10 @@ class Config:
     """Drop low-entropy trajectories per prompt (H < Q1 − k·IQR) from the vote and the loss. Opt-in on any voting method."""
     iqr_k: float = 0.75
     """k of the IQR filter (paper: 0.75)."""
+    teacher_alpha_start: float = 0.01
+    """corewarding: the EMA teacher's update rate α at step 1 (θt ← (1−α)·θt + α·θq); cosine-annealed to teacher_alpha_end (Co-rewarding-II code: 0.01)."""
+    teacher_alpha_end: float = 1e-5
+    """corewarding: the teacher's update rate at max_steps (Co-rewarding-II code: 1e-5)."""
 
     # --- SRT's mitigations (arXiv 2505.21444, methods.md §2) ----------------------------------------------------
     offline_labels: bool = False
@@ -185,10 +190,10 @@ class Config:
 
     # ---------------------------------------------------------------------------------------------------------
     def n_momentum(self) -> int:
-        """N: momentum rollouts per prompt (0 unless method is mgrpo)."""
-        if self.method != "mgrpo":
-            return 0
-        return self.num_generations // 4 if self.num_momentum_generations is None else self.num_momentum_generations
+        """N: momentum (mgrpo) or teacher (corewarding) rollouts per prompt; 0 for the other methods."""
+        if self.num_momentum_generations is not None and self.method in ANCHORED:
+            return self.num_momentum_generations
+        return {"mgrpo": self.num_generations // 4, "corewarding": self.num_generations}.get(self.method, 0)
 
     def validate(self) -> "Config":
         """Raise ConfigError naming the first invalid field."""
@@ -209,6 +214,8 @@ class Config:
                 )
         if self.method == "oracle" and self.offline_labels:
             raise ConfigError("offline_labels: oracle trains on gold answers; offline pseudo-labels apply to label-free methods")
+        if self.method == "corewarding" and self.offline_labels:
+            raise ConfigError("offline_labels: corewarding's labels are its EMA teacher's vote, made every step")
         if self.method == "intuitor" and (self.offline_labels or self.online_filter is not None):
             raise ConfigError("offline_labels/online_filter: intuitor's reward is self-certainty, not a vote")
         if self.method == "ttrl" and self.num_votes < self.num_generations:
@@ -226,6 +233,8 @@ class Config:
             ("num_momentum_generations", self.num_momentum_generations is None or self.num_momentum_generations >= 1,
              ">= 1 or null"),
             ("max_grad_norm", self.max_grad_norm > 0, "> 0 (a negative clip norm flips every update)"),
+            ("teacher_alpha_start", 0 <= self.teacher_alpha_start <= 1, "in [0, 1]"),
+            ("teacher_alpha_end", 0 <= self.teacher_alpha_end <= 1, "in [0, 1]"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("prompts_per_step", self.prompts_per_step >= 1, ">= 1"),
             ("max_completion_length", self.max_completion_length >= 1, ">= 1"),
@@ -313,7 +322,9 @@ class Config:
     def sizes(self, processes: int = 1) -> Sizes:
         """B, G, M, N of a step on one of `processes` processes (ttrl: G = num_votes policy samples, M trained)."""
         N = self.n_momentum()
-        M = self.num_generations - N
+        # mgrpo pools G = num_generations (N of them the momentum model's); corewarding's policy samples all
+        # num_generations and its teacher N more, which alone vote (Co-rewarding-II)
+        M = self.num_generations - N if self.method == "mgrpo" else self.num_generations
         G = (self.num_votes if self.method == "ttrl" else M) + N
         return Sizes(self.prompts_per_step // processes, G, M, N)
 

@@ -29,7 +29,7 @@ from selfrl.data import TrainFileTask
 from selfrl.detector import CollapseDetector
 from selfrl.errors import SelfRLError, TaskError
 from selfrl.evaluate import greedy_accuracy
-from selfrl.grpo_config import Config
+from selfrl.grpo_config import ANCHORED, Config
 from selfrl.logger import MetricsLogger, NullLogger, read_metrics
 from selfrl.mitigations import easiest, start_model_votes
 from selfrl.models import load_model
@@ -103,9 +103,9 @@ class Setup:
     task: object
     model: torch.nn.Module
     tokenizer: object
-    momentum: torch.nn.Module | None  # mgrpo's own fp32 copy; None with LoRA, where it is the `momentum` adapter
+    momentum: torch.nn.Module | None  # mgrpo's momentum / corewarding's teacher, fp32; None with LoRA (an adapter)
     ref: torch.nn.Module | None  # frozen start model for the KL; None with LoRA, where it is the base, adapters off
-    momentum_state: dict[str, torch.Tensor] | None  # the momentum weights checkpointed (live tensors), mgrpo only
+    momentum_state: dict[str, torch.Tensor] | None  # the momentum weights checkpointed (live tensors), ANCHORED only
     ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None  # (momentum, policy) tensors the EMA pairs up
     sampler: vllm_backend.VLLMSampler | None  # the vLLM engine that samples rollouts (use_vllm), else None: HF sampler
     optimizer: torch.optim.Optimizer
@@ -277,13 +277,14 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
         if cfg.curriculum_fraction is not None:
             pool = easiest(shares, cfg.curriculum_fraction)
     momentum = ref = momentum_state = ema_pairs = None
-    if cfg.method == "mgrpo" and cfg.use_peft:  # the EMA runs over the adapters alone; the frozen base is shared
+    anchored = cfg.method in ANCHORED  # mgrpo's momentum model, corewarding's teacher: an EMA copy of the policy
+    if anchored and cfg.use_peft:  # the EMA runs over the adapters alone; the frozen base is shared
         lora.add_momentum_adapter(model)
         momentum_state, ema_pairs = lora.adapter_state(model, lora.MOMENTUM), lora.adapter_pairs(model)
-    elif cfg.method == "mgrpo":
+    elif anchored:
         momentum = _frozen_copy(model)
         momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
-    if cfg.beta > 0 and not cfg.use_peft:
+    if cfg.beta > 0 and not cfg.use_peft and cfg.method != "corewarding":  # corewarding's reference is its teacher
         ref = _frozen_copy(model)
     sampler = None
     if cfg.use_vllm:

@@ -71,3 +71,25 @@ def test_num_iterations_lets_the_clip_act(tiny_model_dir, tmp_path):
     clip = lambda d: [json.loads(l).get("loss/clip_frac") for l in (d / "metrics.jsonl").read_text().splitlines()][1:]
     assert clip(one) == [0.0, 0.0, 0.0]  # one pass: ratio 1, the clip never acts
     assert max(clip(many)) > 0  # later passes move the ratio past 1 ± epsilon
+
+
+def test_cosine_anneal_by_hand():
+    # end + (start - end)(1 + cos(pi t / T)) / 2 with start 0.01, end 1e-5, T = 100, t = step - 1
+    assert core.cosine_anneal(1, 100, 0.01, 1e-5) == 0.01  # t = 0: cos 0 = 1 -> start
+    assert abs(core.cosine_anneal(51, 100, 0.01, 1e-5) - (1e-5 + 0.5 * (0.01 - 1e-5))) < 1e-15  # t = 50: cos(pi/2) = 0
+    assert core.cosine_anneal(101, 100, 0.01, 1e-5) == 1e-5 == core.cosine_anneal(500, 100, 0.01, 1e-5)  # t clipped
+
+
+def test_corewarding_labels_are_the_teachers_vote(tiny_model_dir, tmp_path, monkeypatch):
+    s = setup(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "co", method="corewarding", num_generations=4,
+                                          num_momentum_generations=3, beta=0.001)))
+    B, G, M, N = s.cfg.sizes()
+    assert (G, M, N) == (7, 4, 3)  # the policy samples num_generations = 4, the teacher 3 more
+    assert s.ref is None and s.momentum is not None  # the teacher is the KL reference: no third model
+    votes = []
+    spy(monkeypatch, "vote_texts", votes)
+    out = grpo_step(s, 1, s.cfg.sizes(), OFF)
+    for args, _, _ in votes:  # the 4 policy rollouts abstain, the 3 teacher rollouts vote
+        assert list(args[3]) == [False] * 4 + [True] * 3
+    # step 1 of max_steps 2: alpha = 0.01, so the teacher moved 1% of the way to the policy
+    assert abs(out.metrics["anchor/ema_decay"] - 0.99) < 1e-12 and out.metrics["anchor/kl"] is not None

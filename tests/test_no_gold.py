@@ -21,7 +21,7 @@ def rows(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("method,extra", [
-    ("srt", {}), ("ttrl", {}), ("mgrpo", {}), ("mgrpo", {"iqr_filter": "true"}), ("intuitor", {}),
+    ("srt", {}), ("ttrl", {}), ("mgrpo", {}), ("mgrpo", {"iqr_filter": "true"}), ("intuitor", {}), ("corewarding", {}),
     ("srt", {"offline_labels": "true", "start_votes": 2}), ("srt", {"curriculum_fraction": 0.5, "start_votes": 2}),
     ("srt", {"online_filter": 0.25}),
     ("mgrpo", {"collapse_detector": "rollback", "detector_window": 2, "detector_min_signals": 1, "max_steps": 4}),
