@@ -97,3 +97,27 @@ def test_count_flags_refuse_zero_and_negatives(srt_run):
     # a negative --limit was used as a slice from the end (issue 21: figures over nothing)
     proc = run_cli("eval", str(srt_run), "--split", "val", "--limit", "-3")
     assert proc.returncode == 2 and "argument --limit: must be >= 1, got -3" in proc.stderr, proc.stderr
+
+
+def test_a_row_that_raises_anything_is_recorded_as_failed(tmp_path, monkeypatch):
+    """A bug or a task error of any type in one run is that run's failure, never the study's traceback (issue 21)."""
+    import json
+
+    import selfrl.grpo
+    from selfrl.grpo_config import load_config as cfg_of
+    from selfrl.lab.study import Run, run_one
+
+    def broken(cfg, resume=False):
+        raise ZeroDivisionError("division by zero in a user reward")
+
+    monkeypatch.setattr(selfrl.grpo, "train", broken)
+    run = Run("row", 0, cfg_of(None, [f"output_dir={tmp_path / 'row' / 'seed_0'}"]))
+    assert run_one(run) == "failed"
+    assert json.loads((run.run_dir / "failed.json").read_text())["error"] == \
+        "ZeroDivisionError: division by zero in a user reward"
+
+
+def test_a_report_out_that_is_a_file_is_one_line(srt_run, tmp_path):
+    (tmp_path / "taken").write_text("not a directory")
+    proc = run_cli("report", str(srt_run), "--out", str(tmp_path / "taken"))
+    assert proc.returncode == 2 and "cannot write the report to" in proc.stderr and "Traceback" not in proc.stderr

@@ -272,7 +272,10 @@ def _write_replacing(path: Path, write) -> None:
 
 def write_study_report(title: str, outcomes: list[Outcome], out: Path, png: str = "curves.png") -> str:
     """report.md, the curves (`png`) and summary.json (the tables as data) in `out`; returns the markdown."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # an --out that is a file, or not writable
+        raise SelfRLError(f"cannot write the report to {out}: {e.strerror}") from None
     _write_replacing(out / png, lambda p: plot_study(outcomes, p))
     md = markdown(title, outcomes, png)
     _write_replacing(out / "report.md", lambda p: p.write_text(md))

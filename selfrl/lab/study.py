@@ -243,10 +243,11 @@ def run_one(run: Run) -> str:
     t0 = time.perf_counter()
     try:
         train(run.cfg, resume=resume)
-    except SelfRLError as e:
+    except Exception as e:  # noqa: BLE001 - one row's failure (its task, its model, a bug) is recorded, never the study's end
+        error = str(e) if isinstance(e, SelfRLError) else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         d.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(d / "failed.json", {"error": str(e), "wall_s": time.perf_counter() - t0, "time": time.time()})
-        log.error("%s: failed: %s", name, e)
+        write_json_atomic(d / "failed.json", {"error": error, "wall_s": time.perf_counter() - t0, "time": time.time()})
+        log.error("%s: failed: %s", name, error)
         return "failed"
     # wall_s covers this session only: a resumed run's earlier sessions are not recorded anywhere.
     write_json_atomic(d / "done.json", {"wall_s": time.perf_counter() - t0, "resumed": resume, "time": time.time()})
