@@ -51,9 +51,10 @@ Launching
     all their samples, so each vote is local; the token-mean's denominator is the global token count and gradients
     are summed, so the update is the 1-process one, and every process applies it and the same EMA. Prompts sample
     from their own seeds (`seed_per_prompt`), so the rollouts do not depend on N. Process 0 alone logs, prints and
-    writes checkpoints; validation is split across the processes. DeepSpeed and FSDP (sharded parameters) are
-    refused, and so are the options that decide from a whole step's votes or write run files (online_filter,
-    offline_labels, curriculum_fraction, probes, early stopping, detector rollback/stop): they run on 1 process.
+    writes checkpoints; validation is split across the processes. The options that decide from a whole step
+    (online_filter, offline_labels, curriculum_fraction, probes, early stopping, detector rollback/stop) decide from
+    every process's votes or on process 0 and hand the decision to all (README "Many processes"). DeepSpeed and
+    FSDP (sharded parameters) are refused.
 """
 from __future__ import annotations
 

@@ -101,3 +101,60 @@ def test_online_filter_and_curriculum_on_two_processes(tiny_model_dir, tmp_path,
     assert any(len(ids) < 2 for ids in ids1.values())  # a step where one process held no prompt (b = 0) and waited
     assert max(r["grad/norm"] for r in rows[1:]) > 0  # and steps that trained
     close_weights(one, two, 3)
+
+
+def test_detector_rollback_and_offline_labels_on_two_processes(tiny_model_dir, tmp_path, monkeypatch,
+                                                                sixteen_prompts):
+    one, two, ids1, ids2 = one_and_two(tmp_path, tiny_model_dir, monkeypatch, detector="always", method="mgrpo",
+                                       max_steps=6, train_file=str(sixteen_prompts), offline_labels="true",
+                                       start_votes=4, collapse_detector="rollback", detector_window=2,
+                                       detector_min_signals=1, max_rollbacks=1, save_total_limit="null",
+                                       gold_diagnostics="false")
+    # offline_labels: process 0 voted once, as 1 process does; every process trained against that file
+    assert json.loads((one / "start_votes.json").read_text()) == json.loads((two / "start_votes.json").read_text())
+    assert ids1 == ids2
+    # The detector's signal fires whenever its window of 2 is full: step 1 (half a window) is saved healthy; step 2
+    # fires: back to step 1, lr halved; step 3 refills the window (healthy); step 4 fires past max_rollbacks=1:
+    # back to step 3, and the run stops there, on both processes.
+    rows = same_decisions(one, two, ["detector/rolled_back_to", "detector/alarm", "lr"])
+    assert [r.get("detector/rolled_back_to") for r in rows] == [None, None, 1, None, 3]
+    assert rows[3]["lr"] == pytest.approx(0.5e-2)
+    for f in ("policy/model.safetensors", "momentum.safetensors"):  # every process restored step 3 (the save
+        x, y = (load_file(two / s / f) for s in ("step_000003", "step_000004"))  # checks the replicas agree)
+        assert x.keys() == y.keys() and all((x[k] == y[k]).all() for k in x), f
+    close_weights(one, two, 4)
+
+
+def test_early_stopping_on_two_processes(tiny_model_dir, tmp_path, monkeypatch):
+    one, two, ids1, ids2 = one_and_two(tmp_path, tiny_model_dir, monkeypatch, method="srt", max_steps=8,
+                                       early_stopping_patience=2, early_stopping_examples=16, save_every=0)
+    assert ids1 == ids2
+    rows = same_decisions(one, two, ["stop/accuracy", "stop/restored"])  # the 16 stop examples split 8 + 8
+    last = rows[-1]
+    assert last["step"] < 8 and last["stop/restored"] is not None  # both stopped early, at the same step
+    assert read_metrics(two)[-1]["step"] == last["step"]
+    best = last["stop/restored"]
+    restored = policy_weights(two / f"step_{last['step']:06d}")
+    assert all((v == policy_weights(two / f"step_{best:06d}")[k]).all() for k, v in restored.items())
+    close_weights(one, two, last["step"])
+
+
+def test_probe_gate_rollback_on_two_processes(tiny_model_dir, tmp_path, monkeypatch):
+    from tests.test_safety import tiny_probes
+
+    probes, _ = tiny_probes(tiny_model_dir, tmp_path / "probes.jsonl")  # probes the start model meets exactly
+    one, two, ids1, ids2 = one_and_two(tmp_path, tiny_model_dir, monkeypatch, method="srt", probes=str(probes),
+                                       probe_tolerance=0.0, gate_action="rollback", learning_rate=0.05,
+                                       max_steps=2, save_total_limit="null")
+    assert ids1 == ids2
+    a = read_metrics(one)
+    safety = sorted({k for r in a for k in r if k.startswith(("safety/", "gate/"))})
+    rows = same_decisions(one, two, safety)  # the scores (process 0's, handed to both), alarms, promotions
+    assert rows[0]["safety/own"] == 1.0 and any(r["safety/alarm"] for r in rows)  # lr 0.05 broke some probe
+    start = load_file(tiny_model_dir / "model.safetensors")
+    for r in rows[1:]:
+        if r.get("gate/rolled_back_to") is not None:  # its checkpoint holds the promoted weights, on 2 processes
+            got = policy_weights(two / f"step_{r['step']:06d}")
+            want = policy_weights(two / f"step_{r['gate/rolled_back_to']:06d}")
+            assert all((got[k] == want[k]).all() for k in want)
+    assert all((policy_weights(two / "step_000000")[k] == start[k]).all() for k in start)
