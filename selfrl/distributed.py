@@ -116,7 +116,9 @@ def global_metrics(metrics: dict, weights: dict, sums: Iterable[str] = ()) -> di
         return metrics
     means = [k for k in weights if metrics.get(k) is not None]
     added = [k for k in sums if metrics.get(k) is not None]
-    vec = [float(metrics[k]) * float(weights[k]) for k in means] + [float(weights[k]) for k in means]
+    # a process with no items (an online-filtered step can leave one without prompts) adds nothing, not 0 * nan
+    vec = [float(metrics[k]) * float(weights[k]) if weights[k] else 0.0 for k in means]
+    vec += [float(weights[k]) for k in means]
     vec += [float(metrics[k]) for k in added]
     t = torch.tensor(vec, dtype=torch.float64, device=_device())
     torch.distributed.all_reduce(t)
@@ -127,6 +129,25 @@ def global_metrics(metrics: dict, weights: dict, sums: Iterable[str] = ()) -> di
     for i, k in enumerate(added):
         out[k] = int(t[2 * n + i]) if isinstance(metrics[k], int) else t[2 * n + i]  # a count stays a count
     return out
+
+
+def gather(obj) -> list:
+    """Every process's picklable `obj`, in process order (the same list on every process)."""
+    if world() == 1:
+        return [obj]
+    parts = [None] * world()
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
+
+
+def from_main(fn):
+    """fn() computed on process 0 alone and handed to every process: a whole-step decision (a probe score, say)
+    made once, so no process can decide differently; the others wait for it."""
+    if world() == 1:
+        return fn()
+    box = [fn() if is_main() else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def union(items: set) -> set:

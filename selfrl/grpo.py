@@ -55,13 +55,15 @@ Launching
     all their samples, so each vote is local; the token-mean's denominator is the global token count and gradients
     are summed, so the update is the 1-process one, and every process applies it and the same EMA. Prompts sample
     from their own seeds (`seed_per_prompt`), so the rollouts do not depend on N. Process 0 alone logs, prints and
-    writes checkpoints; validation is split across the processes. DeepSpeed and FSDP (sharded parameters) are
-    refused, and so are the options that decide from a whole step's votes or write run files (online_filter,
-    offline_labels, curriculum_fraction, probes, early stopping, detector rollback/stop): they run on 1 process.
+    writes checkpoints; validation is split across the processes. The options that decide from a whole step
+    (online_filter, offline_labels, curriculum_fraction, probes, early stopping, detector rollback/stop) decide from
+    every process's votes or on process 0 and hand the decision to all (README "Many processes"). DeepSpeed and
+    FSDP (sharded parameters) are refused.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -129,20 +131,22 @@ def sample_batch(s: Setup, step: int, sizes: Sizes, amp) -> tuple[list[int], Rol
     """This step's prompts and their rollouts: G - N per prompt from the policy, N from the momentum model's current
     EMA weights. With `online_filter` (SRT mitigation 4) a prompt whose pooled vote has a majority share below the
     threshold is dropped and further prompts are drawn until the batch is full or `online_filter_max_draws` draws
-    were made (then the step trains on the prompts that passed). Returns (ids, policy, momentum, prompts drawn).
-    With several processes, each takes its share of every draw: B here is prompts_per_step / processes."""
+    were made (then the step trains on the prompts that passed). Returns (ids, policy, momentum, prompts drawn by
+    all processes). With several processes each samples its share of every draw (B here is prompts_per_step /
+    processes); the filter's keep-or-draw decisions are made from every process's votes, as one process would make
+    them, and the kept prompts are then shared out evenly (`share_out`)."""
     cfg, tok = s.cfg, s.tokenizer
     B, G, _, N = sizes  # all samples of a prompt are drawn on this process, so its vote is local
     P = G - N  # the policy's samples per prompt
+    W, lo = dist.world(), dist.rank() * B
     device = next(s.model.parameters()).device
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # per-step sampling seed: a resume replays the step exactly
-    ids, pols, moms, drawn = [], [], [], 0
-    limit = B * cfg.online_filter_max_draws  # past it, keep drawing (up to 10x) only while no prompt has passed
-    while len(ids) < B and (drawn < limit or (not ids and drawn < 10 * limit)):
-        lo = dist.rank() * B
+    draws, drawn, kept = [], 0, 0  # draws: (ids, policy, momentum) kept from each draw on this process
+    limit = B * W * cfg.online_filter_max_draws  # past it, keep drawing (up to 10x) only while no prompt has passed
+    while kept < B * W and (drawn < limit or (not kept and drawn < 10 * limit)):
         places = range(s.stream.cursor + lo, s.stream.cursor + lo + B)  # this share's places in the data stream
-        draw = [s.pool[j] for j in s.stream.next(B * dist.world())][lo : lo + B]  # questions only: no answers
-        drawn += B
+        draw = [s.pool[j] for j in s.stream.next(B * W)][lo : lo + B]  # questions only: no answers
+        drawn += B * W
         batch = encode_prompts(tok, [s.task.format_prompt(s.prompts[i]) for i in draw], device)
         pol_noise = mom_noise = None
         if cfg.seed_per_prompt:  # each prompt samples from its own numbers: the same rollouts on 1 process or many
@@ -156,16 +160,49 @@ def sample_batch(s: Setup, step: int, sizes: Sizes, amp) -> tuple[list[int], Rol
         if cfg.online_filter is not None:  # judged on the whole unfiltered pool, before the IQR filter
             texts = [pol.texts[i * P : (i + 1) * P] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(B)]
             shares = [core.vote_texts(row, s.task.extract_answer, s.task.is_equivalent)[2] for row in texts]
-            keep = [i for i in keep if shares[i] >= cfg.online_filter][: B - len(ids)]
-        ids += [draw[i] for i in keep]
-        pols.append(pol.prompts(keep, P))
-        moms.append(mom.prompts(keep, N) if N else None)
-    if not ids:
+            passed = [j for part in dist.gather([x >= cfg.online_filter for x in shares]) for j in part]  # place order
+            chosen = [j for j, ok in enumerate(passed) if ok][: B * W - kept]  # the first that passed, as 1 process
+            kept += len(chosen)
+            keep = [j - lo for j in chosen if lo <= j < lo + B]
+        else:
+            kept += B * W
+        draws.append(([draw[i] for i in keep], pol.prompts(keep, P), mom.prompts(keep, N) if N else None))
+    if not kept:
         raise SelfRLError(f"step {step}: online_filter: no prompt reached majority share {cfg.online_filter} in "
                           f"{drawn} prompts drawn; lower online_filter")
-    pol = pols[0] if len(pols) == 1 else cat_rollouts(pols, tok.pad_token_id)
-    mom = None if not N else moms[0] if len(moms) == 1 else cat_rollouts(moms, tok.pad_token_id)
+    if cfg.online_filter is not None and W > 1:
+        draws = share_out(draws, tok.pad_token_id, device)
+    ids = [i for d in draws for i in d[0]]
+    pol = draws[0][1] if len(draws) == 1 else cat_rollouts([d[1] for d in draws], tok.pad_token_id)
+    mom = None if not N else draws[0][2] if len(draws) == 1 else cat_rollouts([d[2] for d in draws], tok.pad_token_id)
     return ids, pol, mom, drawn
+
+
+def _to(r: Rollouts | None, device) -> Rollouts | None:
+    if r is None:
+        return None
+    return dataclasses.replace(r, **{f.name: getattr(r, f.name).to(device) for f in dataclasses.fields(r)
+                                     if torch.is_tensor(getattr(r, f.name))})
+
+
+def share_out(draws: list, pad_id: int, device) -> list:
+    """The online filter's kept prompts, every process's, in the order one process would hold them (draw by draw,
+    place by place), cut into contiguous shares that differ by at most one prompt: each process's compute stays
+    balanced however the passing prompts fell. Rollouts travel as CPU tensors: token ids and per-token floats,
+    small next to the weights. A process gets no prompt only when fewer passed than there are processes."""
+    mine = [(ids, _to(pol, "cpu"), _to(mom, "cpu")) for ids, pol, mom in draws]
+    parts = dist.gather(mine)  # parts[rank][draw]
+    flat = [parts[r][d] for d in range(len(draws)) for r in range(len(parts)) if parts[r][d][0]]
+    if not flat:  # no prompt passed anywhere: sample_batch has raised already
+        return draws
+    ids = [i for f in flat for i in f[0]]
+    pol = cat_rollouts([f[1] for f in flat], pad_id)
+    mom = cat_rollouts([f[2] for f in flat], pad_id) if flat[0][2] is not None else None
+    W, n = dist.world(), len(ids)
+    lo, hi = (dist.rank() * n) // W, ((dist.rank() + 1) * n) // W
+    P, N = len(pol.texts) // n, (len(mom.texts) // n if mom is not None else 0)
+    mine = list(range(lo, hi))
+    return [([ids[i] for i in mine], _to(pol.prompts(mine, P), device), _to(mom.prompts(mine, N), device) if N else None)]
 
 
 @dataclass
@@ -198,7 +235,7 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     H = core.masked_mean(pol.entropy, pol.response_mask.float(), dim=1).view(b, P)  # (b, P)
     if N:
         H = torch.cat([H, core.masked_mean(mom.entropy, mom.response_mask.float(), dim=1).view(b, N)], dim=1)  # (b, G)
-    keep = core.iqr_keep_mask(H, cfg.iqr_k).cpu() if cfg.iqr_filter else torch.ones(b, G, dtype=torch.bool)
+    keep = core.iqr_keep_mask(H, cfg.iqr_k).cpu() if cfg.iqr_filter and b else torch.ones(b, G, dtype=torch.bool)
     # 3. the vote among the survivors (every method votes: the share is a label-free signal the detector reads,
     #    even where the reward is not the vote)
     texts = [pol.texts[i * P : (i + 1) * P] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(b)]
@@ -215,25 +252,26 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     if cfg.method == "intuitor":  # methods.md §3: mean self-certainty over response tokens, current policy, detached
         rewards = core.masked_mean(trained.certainty, resp_mask, dim=1).view(b, M).cpu()
     else:
-        rewards = torch.tensor([core.match_rewards(row[:M], lbl, eq) for row, lbl in zip(answers, labels)])  # (b, M)
+        rewards = torch.tensor([core.match_rewards(row[:M], lbl, eq) for row, lbl in zip(answers, labels)]).view(b, M)
     keep_train = keep[:, :M]
     adv = core.group_advantages(rewards, keep_train).to(device).reshape(-1)  # (b*M,)
     loss_mask = resp_mask * keep_train.reshape(-1, 1).to(device).float()  # dropped rows leave the loss
     prompt_of = torch.arange(b, device=device).repeat_interleave(M)  # (b*M,) each trained row's prompt
     anchor_kl = float("nan")
-    if N:  # how far the policy has moved from its anchor, on the trained rollouts (a logged, label-free signal)
+    if N and b:  # how far the policy has moved from its anchor, on the trained rollouts (a logged, label-free signal)
         with torch.no_grad(), amp, as_momentum(s) as momentum:
             k_logp, _, _ = score(momentum, trained, cfg.temperature, prompt_of, stats=False)
         anchor_kl = core.masked_mean(core.k3_kl(trained.logp, k_logp), resp_mask).item()
     # 5. GRPO update (one per rollout batch: old log-probs are the current ones, detached), with grad only through
     #    the rows that carry gradient: a filtered row has no loss tokens, and with beta = 0 a row whose advantage
     #    is 0 adds nothing either. Their tokens stay in the token-mean's denominator (n_tokens), so the loss and
-    #    its gradient are those of the whole batch. At least one row runs, so every step has the same autograd path.
+    #    its gradient are those of the whole batch. At least one row runs, so every step has the same autograd path;
+    #    a process the online filter left without prompts (b = 0) runs none and adds a zero gradient to the sum.
     live = (loss_mask.sum(1) > 0) & ((adv != 0) | (cfg.beta > 0))
-    live = live.nonzero().squeeze(1) if live.any() else torch.zeros(1, dtype=torch.long, device=device)
+    live = live.nonzero().squeeze(1) if live.any() else torch.zeros(min(b, 1), dtype=torch.long, device=device)
     part = trained.take(live.cpu())
     ref_logp = None
-    if cfg.beta > 0:
+    if cfg.beta > 0 and b:
         with torch.no_grad(), amp, as_reference(s) as ref:
             ref_logp, _, _ = score(ref, part, cfg.temperature, prompt_of[live], stats=False)
     #    num_iterations > 1 (TRL's name, GRPO's mu): more optimizer passes over these rollouts, with the sampling-time
@@ -242,11 +280,15 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     old_logp = trained.logp[live] if cfg.num_iterations > 1 else None
     updates, skipped = 0, False
     for _ in range(cfg.num_iterations):
-        with amp:
-            logp, _, _ = score(model, part, cfg.temperature, prompt_of[live], stats=False)  # (n, T) with grad
-            loss, lm = core.policy_loss(logp, logp.detach() if old_logp is None else old_logp, adv[live],
-                                        loss_mask[live], cfg.epsilon, cfg.beta, ref_logp,
-                                        n_tokens=dist.all_sum(loss_mask.sum()).clamp(min=1))
+        n_tokens = dist.all_sum(loss_mask.sum()).clamp(min=1)
+        if b:
+            with amp:
+                logp, _, _ = score(model, part, cfg.temperature, prompt_of[live], stats=False)  # (n, T) with grad
+                loss, lm = core.policy_loss(logp, logp.detach() if old_logp is None else old_logp, adv[live],
+                                            loss_mask[live], cfg.epsilon, cfg.beta, ref_logp, n_tokens=n_tokens)
+        else:  # nothing to score here: a zero share of the loss, and the same collectives as the other processes
+            loss = torch.zeros((), device=device, requires_grad=True)
+            lm = {"loss/pg": 0.0, "loss/kl": 0.0, "loss/clip_frac": 0.0}
         s.optimizer.zero_grad(set_to_none=True)
         grad_norm = float("nan")
         if math.isfinite(dist.all_sum(loss.item())):  # a non-finite loss or gradient must not reach the weights
@@ -268,20 +310,21 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
         ema, src = s.ema_pairs
         core.ema_update_(ema, [p.detach().float() for p in src], s.ema_decay)
     # 7. metrics (label-free; the label diagnostics are added by the caller, after the step)
+    b_all = dist.all_sum(b)  # the step's prompts on every process
     kept_r = rewards[keep_train]
     unanimous = [bool((r[k] == r[k][0]).all()) if k.any() else True for r, k in zip(rewards, keep_train)]
     metrics = {
         "reward/pseudo": kept_r.mean().item() if kept_r.numel() else 0.0,
-        "vote/majority_share": float(np.mean(shares)),
-        "vote/unanimous_groups": float(np.mean(unanimous)),
+        "vote/majority_share": float(np.mean(shares)) if b else 0.0,  # b = 0: weight 0 in the global mean
+        "vote/unanimous_groups": float(np.mean(unanimous)) if b else 0.0,
         "vote/answer_diversity": len(dist.union({lbl for lbl in [v[1] for v in votes] if lbl is not None}))
-        / (b * dist.world()),
+        / max(b_all, 1),
         "policy/entropy": core.masked_mean(trained.entropy, resp_mask).item(),
         "policy/self_certainty": core.masked_mean(trained.certainty, resp_mask).item(),
         "policy/response_length": resp_mask.sum(1).mean().item(),
         "filter/dropped": int((~keep).sum()),
         "filter/dropped_frac": float((~keep).float().mean()),
-        "filter/prompts_kept": b / drawn if cfg.online_filter is not None else None,
+        "filter/prompts_kept": b_all / drawn if cfg.online_filter is not None else None,
         "anchor/kl": anchor_kl if N else None,
         "anchor/ema_decay": s.ema_decay if N else None,
         **lm,

@@ -308,16 +308,11 @@ class Config:
         if self.prompts_per_step % n:
             raise ConfigError(f"prompts_per_step: {self.prompts_per_step} is not divisible by the {n} processes "
                               "(each process takes an equal share of every step's prompts)")
-        # Each of these decides from a whole step's or a whole run's votes, or writes run files from every process;
-        # they run on one process only, for now.
-        unsupported = [("online_filter", self.online_filter is not None), ("offline_labels", self.offline_labels),
-                       ("curriculum_fraction", self.curriculum_fraction is not None), ("probes", self.probes is not None),
-                       ("early_stopping_patience", self.early_stopping_patience is not None),
-                       ("collapse_detector", self.collapse_detector in ("rollback", "stop")),
-                       ("use_vllm", self.use_vllm)]  # one engine per process would each need its own GPU share
-        for name, used in unsupported:
-            if used:
-                raise ConfigError(f"{name}: {getattr(self, name)!r} is not supported with {n} processes yet; run it on one")
+        # The options that decide from a whole step's or run's votes (online_filter, offline_labels, curriculum,
+        # probes, early stopping, detector rollback/stop) make those decisions from every process's votes or on
+        # process 0 and hand them to all (selfrl/grpo.py, selfrl/run.py), so they run on any number of processes.
+        if self.use_vllm:  # one engine per process would each need its own GPU share
+            raise ConfigError(f"use_vllm: {self.use_vllm!r} is not supported with {n} processes yet; run it on one")
 
     def sizes(self, processes: int = 1) -> Sizes:
         """B, G, M, N of a step on one of `processes` processes (ttrl: G = num_votes policy samples, M trained)."""

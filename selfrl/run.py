@@ -270,9 +270,14 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     if cfg.offline_labels or cfg.curriculum_fraction is not None:
         if resume and not (run_dir / "start_votes.json").is_file():
             raise SelfRLError(f"--resume {run_dir}: start_votes.json is missing; the start model's votes cannot be redone")
-        labels, shares = start_model_votes(model, tokenizer, task, prompts, cfg.start_votes or cfg.num_generations,
-                                           cfg.max_completion_length, cfg.temperature, cfg.seed, run_dir,
-                                           progress=cfg.progress)
+        # Process 0 votes, exactly as one process would, and writes start_votes.json; the others read that file,
+        # so every process trains against the same labels and the same curriculum pool.
+        votes = (model, tokenizer, task, prompts, cfg.start_votes or cfg.num_generations, cfg.max_completion_length,
+                 cfg.temperature, cfg.seed, run_dir)
+        if dist.is_main():
+            start_model_votes(*votes, progress=cfg.progress)
+        dist.barrier()
+        labels, shares = start_model_votes(*votes, progress=False)
         offline = labels if cfg.offline_labels else None
         if cfg.curriculum_fraction is not None:
             pool = easiest(shares, cfg.curriculum_fraction)
@@ -372,17 +377,29 @@ def _replay_loop_state(s: Setup, rows: list[dict]) -> None:
             s.stop_best, s.stop_waited = ((acc, r["step"]), 0) if acc > s.stop_best[0] else (s.stop_best, s.stop_waited + 1)
 
 
-def evaluate(s: Setup) -> dict:
-    examples = s.task.eval_examples("val")[: s.cfg.eval_limit]
-    mine = examples[dist.rank() :: dist.world()]  # with several processes each scores a share, none waits idle
+def shared_accuracy(s: Setup, examples: list) -> float:
+    """Greedy accuracy on `examples`; with several processes each scores a share (none waits idle) and the correct
+    answers are summed, so every process holds the same number."""
+    if not examples:
+        raise SelfRLError("accuracy over zero examples: nothing to score (an empty split, or a limit of 0)")
+    mine = examples[dist.rank() :: dist.world()]
     acc = greedy_accuracy(s.model, s.tokenizer, s.task, mine, s.cfg.max_completion_length, s.cfg.eval_batch_size)[0] \
         if mine else 0.0  # more processes than examples: this one scores none
-    acc = dist.all_sum(round(acc * len(mine))) / len(examples)  # correct answers over all of them
-    out = {"val/accuracy": acc, **(s.probes.score(s.model, s.tokenizer) if s.probes is not None else {})}
+    return dist.all_sum(round(acc * len(mine))) / len(examples)  # correct answers over all of them 
+
+
+def probe_scores(s: Setup) -> dict:
+    """The gate's probe scores, computed on process 0 and handed to all: every process then makes the same gate
+    decision (promote, roll back, stop) from the same numbers."""
+    return dist.from_main(lambda: s.probes.score(s.model, s.tokenizer))
+
+
+def evaluate(s: Setup) -> dict:
+    out = {"val/accuracy": shared_accuracy(s, s.task.eval_examples("val")[: s.cfg.eval_limit]),
+           **(probe_scores(s) if s.probes is not None else {})}
     if s.cfg.early_stopping_patience is not None:  # SRT mitigation 1: a small LABELLED split, disjoint from val
         held = s.task.eval_examples(s.cfg.early_stopping_split)[: s.cfg.early_stopping_examples]
-        out["stop/accuracy"], _ = greedy_accuracy(s.model, s.tokenizer, s.task, held, s.cfg.max_completion_length,
-                                                  s.cfg.eval_batch_size)
+        out["stop/accuracy"] = shared_accuracy(s, held)
     return out
 
 
@@ -413,15 +430,19 @@ def begin(s: Setup, logger) -> None:
     if s.probes is not None:
         # The start model is the gate's baseline and the first promoted checkpoint: the rollback target until
         # a trained checkpoint passes the gate.
-        s.probes.set_baseline(first)
+        if dist.is_main():
+            s.probes.set_baseline(first)
         first.update({"safety/alarm": 0, "gate/promoted": 0})
-    if s.probes is not None or cfg.collapse_detector in ("rollback", "stop") or cfg.early_stopping_patience:
-        save(s, 0, {**first, "healthy": 1})
-        for name in ["healthy"] + ["promoted"] * (s.probes is not None):
-            set_pointer(s.run_dir, name, 0)
     if "stop/accuracy" in first:
         s.stop_best = (first["stop/accuracy"], 0)
-        set_pointer(s.run_dir, "early_stop", 0)
+    if dist.is_main():  # process 0 writes for all; the others read these files after the barrier
+        if s.probes is not None or cfg.collapse_detector in ("rollback", "stop") or cfg.early_stopping_patience:
+            save(s, 0, {**first, "healthy": 1})
+            for name in ["healthy"] + ["promoted"] * (s.probes is not None):
+                set_pointer(s.run_dir, name, 0)
+        if "stop/accuracy" in first:
+            set_pointer(s.run_dir, "early_stop", 0)
+    dist.barrier()
     logger.log(0, first)
     s.last_val = first["val/accuracy"]
 
@@ -450,7 +471,7 @@ def after_step(s: Setup, step: int, metrics: dict, logger, skipped_why: str | No
     if step % cfg.eval_every == 0 or step == cfg.max_steps or stop_reason:
         metrics.update(evaluate(s))
     elif save_now and s.probes is not None:
-        metrics.update(s.probes.score(s.model, s.tokenizer))  # the gate judges each checkpoint by its own scores
+        metrics.update(probe_scores(s))  # the gate judges each checkpoint by its own scores
     if "stop/accuracy" in metrics and not stop_reason:  # early stopping on a small labelled split
         if metrics["stop/accuracy"] > s.stop_best[0]:
             s.stop_best, s.stop_waited, save_now = (metrics["stop/accuracy"], step), 0, True
@@ -479,10 +500,16 @@ def after_step(s: Setup, step: int, metrics: dict, logger, skipped_why: str | No
     if save_now:
         momentum = s.momentum_state.values() if s.momentum_state is not None else None  # full copy or adapter
         dist.check_replicas(step, {"policy": s.model.parameters(), "momentum": momentum})  # process 0 saves for all
+        if "gate/rolled_back_to" in metrics:  # every process restores the promoted weights before the save
+            rollback(s, metrics["gate/rolled_back_to"])
         if dist.is_main():
             save_and_pin(s, step, metrics, regressed, healthy=not s.unhealthy_since_save)
         dist.barrier()  # a resume on any process reads what process 0 wrote
         s.unhealthy_since_save = False
+        if regressed and cfg.gate_action == "stop":  # on every process, once the checkpoint is written
+            raise SelfRLError(f"step {step}: safety gate: {describe(regressed)} (tolerance {cfg.probe_tolerance}); "
+                              f"stopped; step_{step:06d} kept unpromoted, promoted checkpoint: step "
+                              f"{metrics['gate/promoted']}")
     if stop_reason:
         log.info("step %d: %s: stopped; the final checkpoint is step_%06d", step, stop_reason, step)
     return stop_reason
@@ -539,14 +566,14 @@ def detector_response(s: Setup, step: int) -> tuple[int | None, bool]:
 def save_and_pin(s: Setup, step: int, metrics: dict, regressed: dict, healthy: bool) -> None:
     """Save this step; pin the best by validation, the last healthy one and the early-stopping best, then keep the
     newest save_total_limit. The gate (issue 7): a checkpoint within tolerance of the start model's probe scores is
-    promoted; on a regression, `rollback` saves the promoted weights under this step (a resume must not pick up the
-    regressed ones), `stop` saves the regressed checkpoint for inspection and ends the run."""
+    promoted; on a regression, `rollback` saves the promoted weights (restored by after_step) under this step (a
+    resume must not pick up the regressed ones), `stop` saves the regressed checkpoint for inspection (after_step
+    then ends the run). Process 0 alone calls this."""
     cfg = s.cfg
     val = metrics.get("val/accuracy")
     extra = {k: v for k, v in metrics.items() if k in ("val/accuracy", "stop/accuracy") or k.startswith(("safety/", "gate/"))}
     extra["healthy"] = int(healthy)
     if "gate/rolled_back_to" in metrics:
-        rollback(s, metrics["gate/rolled_back_to"])
         # This step's val and probe scores describe the weights just discarded, not the ones saved here.
         extra, val = {"gate/rolled_back_to": metrics["gate/rolled_back_to"], "healthy": int(healthy)}, None
     save(s, step, extra)
@@ -560,6 +587,3 @@ def save_and_pin(s: Setup, step: int, metrics: dict, regressed: dict, healthy: b
     if s.stop_best[1] == step:
         set_pointer(s.run_dir, "early_stop", step)
     prune_checkpoints(s.run_dir, cfg.save_total_limit)
-    if regressed and cfg.gate_action == "stop":
-        raise SelfRLError(f"step {step}: safety gate: {describe(regressed)} (tolerance {cfg.probe_tolerance}); "
-                          f"stopped; step_{step:06d} kept unpromoted, promoted checkpoint: step {metrics['gate/promoted']}")

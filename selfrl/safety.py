@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfrl import distributed as dist
 from selfrl.checkpoint import list_checkpoints, read_pointers, write_json_atomic
 from selfrl.errors import SelfRLError
 
@@ -194,7 +195,7 @@ class ProbeGate:
                 raise SelfRLError(f"probes: {self.run_dir} was started without probes, so it has no start-model "
                                   "baseline to gate against; start a new run with probes set")
             self.check()
-        else:
+        elif dist.is_main():  # one writer; with several processes only process 0 scores (selfrl/run.py)
             write_json_atomic(recorded, fingerprint(self.path))
 
     def check(self, probe_bytes: bytes | None = None) -> None:

@@ -138,8 +138,10 @@ def test_two_process_resume_replays_exactly(runs, tiny_model_dir, tmp_path):
 def test_config_that_processes_cannot_share_is_one_line_error():
     load_config(None, ["prompts_per_step=3", "online_filter=0.6"]).validate_processes(1)  # one process runs anything
     load_config(None, ["prompts_per_step=4"]).validate_processes(2)
-    for sets, field in [(["prompts_per_step=3"], "prompts_per_step"), (["online_filter=0.6"], "online_filter"),
-                        (["collapse_detector=rollback"], "collapse_detector"), (["probes=p.jsonl"], "probes")]:
+    for sets in (["online_filter=0.6"], ["collapse_detector=rollback"], ["probes=p.jsonl"], ["offline_labels=true"],
+                 ["curriculum_fraction=0.5"], ["early_stopping_patience=2"]):
+        load_config(None, sets + ["prompts_per_step=4"]).validate_processes(2)  # decided from every process's votes
+    for sets, field in [(["prompts_per_step=3"], "prompts_per_step"), (["use_vllm=true"], "use_vllm")]:
         with pytest.raises(ConfigError, match=f"^{field}: ") as e:
             load_config(None, sets).validate_processes(2)
         assert "\n" not in str(e.value)
