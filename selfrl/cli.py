@@ -24,7 +24,7 @@ def cmd_train(args) -> None:
     from selfrl.grpo import train
 
     if args.resume:
-        from selfrl.run import resume_config
+        from selfrl.rundir import resume_config
 
         cfg = resume_config(Path(args.resume), args.set or [])
     else:

@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from selfrl import core, lora, run, vllm_backend
+from selfrl import core, lora, run, rundir, vllm_backend
 from selfrl import distributed as dist
 from selfrl.errors import SelfRLError
 from selfrl.grpo_config import Config, Sizes
@@ -347,7 +347,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     try:
         return _loop(s, resume)
     finally:
-        run.release(s)
+        rundir.release(s)
 
 
 def _loop(s: Setup, resume: bool) -> Path:

@@ -21,6 +21,7 @@ def arm(point: str, n: int) -> None:
     import selfrl.logger as logger
     import selfrl.grpo as train
     import selfrl.run as run
+    import selfrl.rundir as rundir
 
     calls = {"n": 0}
 
@@ -61,7 +62,8 @@ def arm(point: str, n: int) -> None:
     elif point == "save_torn":  # inside a checkpoint write: the momentum file is torn, the .tmp dir half full
         wrap(ckpt, "save_file", mid=half_file)
     elif point == "pointer":  # checkpoint renamed into place, pins not yet written
-        wrap(run, "set_pointer")
+        wrap(run, "set_pointer")  # step 0's pins (begin) and every later checkpoint's (save_and_pin)
+        wrap(rundir, "set_pointer")
     elif point == "prune":  # retention renamed an old checkpoint to *.trash and died before deleting it
         rmtree = ckpt.shutil.rmtree
 

@@ -42,7 +42,7 @@ _HELD = []  # locks the output-in-use case holds while the command runs, as a fi
 
 
 def lock_dir(path: Path) -> None:
-    from selfrl.run import lock_run_dir
+    from selfrl.rundir import lock_run_dir
 
     path.mkdir()
     _HELD.append(lock_run_dir(path))

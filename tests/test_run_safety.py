@@ -9,7 +9,7 @@ import pytest
 from selfrl.errors import SelfRLError
 from selfrl.grpo import train
 from selfrl.grpo_config import load_config
-from selfrl.run import lock_run_dir, resume_config
+from selfrl.rundir import lock_run_dir, resume_config
 from tests.conftest import tiny_sets
 from tests.test_cli import run_cli
 
