@@ -79,6 +79,8 @@ def read_yaml_mapping(path: str | Path) -> dict:
     """A YAML file's top-level mapping, read as YAML 1.2 (selfrl/yamlio.py: `010`, `1:30` and repeated keys are
     errors); a missing file, bad YAML or a non-mapping is one ConfigError line."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     return load_yaml(path)

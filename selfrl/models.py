@@ -29,6 +29,8 @@ def load_model(path: str, device: torch.device, dtype: str = "float32"):
 
     looks_local = os.path.sep in path or path.startswith(".") or Path(path).exists()
     if looks_local and not Path(path).is_dir():
+        if Path(path).exists():
+            raise ModelError(f"model path {path} is a file, not a model directory (save_pretrained) or .gguf file")
         raise ModelError(f"model path not found: {path}")
     if looks_local and lora.is_adapter_dir(path):  # a LoRA checkpoint: its base with the adapter merged in
         base_path = lora.base_of(path)

@@ -184,6 +184,9 @@ CASES = [
      r"task method train_prompts raised ValueError: row 3 has no question"),
     ("organism-cannot-encode", lambda ws, m, mp: data_args(ws, m, '{"prompt": "twelve plus five="}\n'),
      r"d\.jsonl: 1 of 1 texts hold characters the tokenizer cannot encode: .*e\.g\. 'twelve plus five='"),
+    ("model-is-a-file", lambda ws, m, mp: train_args(ws, m, f"model={write(ws / 'afile', 'x')}"),
+     r"model path .*afile is a file, not a model directory \(save_pretrained\) or \.gguf file"),
+    ("config-is-a-directory", lambda ws, m, mp: ["train", str(ws)], r"config file .* is a directory; give a YAML file"),
     ("resume-changes-method", lambda ws, m, mp: ["train", "--resume", str(ws / "prev"), *sets("method=srt")],
      r"--resume .*prev: method cannot change on resume \(the run has 'mgrpo', --set says 'srt'\)"),
     ("resume-truncated-config", lambda ws, m, mp: truncate(ws / "prev" / "config.yaml")
