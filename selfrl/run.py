@@ -31,7 +31,7 @@ from selfrl.errors import SelfRLError, TaskError
 from selfrl.evaluate import greedy_accuracy
 from selfrl.grpo_config import ANCHORED, Config
 from selfrl.logger import MetricsLogger, NullLogger, read_metrics
-from selfrl.rundir import check_fresh, lock_run_dir, rollback, save, save_and_pin
+from selfrl.rundir import check_fresh, lock_run_dir, rollback, save, save_and_pin, unlock
 from selfrl.mitigations import easiest, start_model_votes
 from selfrl.models import load_model
 from selfrl.organism import organism_path
@@ -157,7 +157,7 @@ def setup(cfg: Config, resume: bool = False) -> Setup:
         s = _build(cfg, run_dir, device, resume)
     except BaseException:
         if lock is not None:
-            lock.close()
+            unlock(lock)
         raise
     s.lock = lock
     return s

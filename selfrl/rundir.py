@@ -83,10 +83,17 @@ def lock_run_dir(run_dir: Path):
     return f
 
 
+def unlock(f) -> None:
+    """Empty the lock file (so a run directory holds the same bytes before and after any command) and release it."""
+    f.seek(0)
+    f.truncate()
+    f.close()
+
+
 def release(s: Setup) -> None:
     """Release the run directory's lock (train() calls this however the run ends)."""
     if s.lock is not None:
-        s.lock.close()
+        unlock(s.lock)
         s.lock = None
 
 

@@ -121,7 +121,8 @@ def check_encodable(tokenizer, texts: list[str], what: str) -> None:
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     # Both tests, whatever the tokenizer: a pre-tokenizer can also drop what it cannot place without emitting the
     # unknown token (a character-level tokenizer read back as a byte-level one turns `twelve plus five=` into `=`).
-    decoded = tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    # special tokens kept: a chat template's own markers (<|im_start|>) must decode back to themselves
+    decoded = tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     bad = [i for i, (t, d, row) in enumerate(zip(texts, decoded, ids))
            if (unk is not None and unk in row) or "".join(t.split()) != "".join(d.split())]
     missing = _unknown_chars(tokenizer, [texts[i] for i in bad], unk) if unk is not None else []
