@@ -1,4 +1,4 @@
-"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, organism."""
 from __future__ import annotations
 
 import argparse
@@ -169,6 +169,14 @@ def cmd_study(args) -> None:
         raise SelfRLError(f"{len(failed)} of {len(outcomes)} runs failed ({', '.join(failed)}); see {out / 'report.md'}")
 
 
+def cmd_organism(args) -> None:
+    from selfrl.organism import organism_spec, train_organism_dir
+
+    stats = train_organism_dir(args.task, Path(args.out), organism_spec(args.set), progress=True)
+    print(f"organism for task {stats['task']!r}: {stats['parameters']} parameters, vocabulary {stats['vocabulary']!r}, "
+          f"{stats['sft_steps']} SFT steps, holdout accuracy {stats['holdout_accuracy']:.3f}; written to {args.out}")
+
+
 def cmd_config(args) -> None:
     from selfrl.config import Config, field_docs, load_config
 
@@ -244,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field of every run")
     st.add_argument("--report-only", action="store_true", help="train nothing; report on the runs that exist")
     st.set_defaults(func=cmd_study)
+    o = sub.add_parser("organism", help="train a from-scratch character-level model on a task's sft_examples()")
+    o.add_argument("--task", required=True, help="built-in task name or path/to/file.py:ClassName (with sft_examples)")
+    o.add_argument("--out", required=True, help="new directory for the model (save_pretrained)")
+    o.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the organism's spec "
+                   "(hidden_size, num_hidden_layers, sft_max_steps, target_accuracy, ...; repeatable)")
+    o.set_defaults(func=cmd_organism)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
