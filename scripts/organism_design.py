@@ -13,7 +13,8 @@ import time
 import torch
 
 from selfrl.evaluate import greedy_accuracy, sampled_accuracy
-from selfrl.organism import ORGANISM2, build_model, build_tokenizer, sft_holdout, task_chars, task_sft_pairs
+from selfrl.organism import (ORGANISM2, build_model, build_tokenizer, organism_spec, sft_holdout, task_chars,
+                             task_sft_pairs)
 from selfrl.sft import sft
 from selfrl.tasks import load_task
 
@@ -23,7 +24,7 @@ def main() -> None:
     ap.add_argument("--task", default="sums")
     ap.add_argument("--max-steps", type=int, default=1500)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--learning-rate", type=float, default=ORGANISM2.sft_learning_rate)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of organism2's spec")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("-G", type=int, default=8)
     ap.add_argument("--out", required=True, help="JSONL file, one line per measurement")
@@ -34,7 +35,8 @@ def main() -> None:
     holdout = sft_holdout(task, pairs)  # the same split and training pairs train_task_organism uses
     train_pairs = [(task.format_prompt(q), c) for q, c in pairs[: len(pairs) - len(holdout)]]
     tok = build_tokenizer(task_chars(task, pairs))
-    model = build_model(ORGANISM2, len(tok), max_positions=max(64, 2 * (max(len(q) + len(c) for q, c in train_pairs) + 1)))
+    spec = organism_spec(args.set, ORGANISM2)
+    model = build_model(spec, len(tok), max_positions=max(64, 2 * (max(len(q) + len(c) for q, c in train_pairs) + 1)))
     new_tokens = max(len(c) for _, c in pairs) + 4
     step, start, f = [0], time.time(), open(args.out, "w")
 
@@ -44,13 +46,13 @@ def main() -> None:
         torch.manual_seed(0)
         mean, maj, _ = sampled_accuracy(model, tok, task, holdout, args.G, new_tokens, args.temperature)
         row = {"step": step[0], "greedy": greedy, "mean": mean, "maj": maj, "maj-greedy": maj - greedy,
-               "maj-mean": maj - mean, "seconds": round(time.time() - start)}
+               "maj-mean": maj - mean, "seconds": round(time.time() - start), "cpu_seconds": round(time.process_time())}
         f.write(json.dumps(row) + "\n")
         f.flush()
         return greedy
 
-    sft(model, tok, train_pairs, learning_rate=args.learning_rate, batch_size=ORGANISM2.sft_batch_size,
-        max_steps=args.max_steps, seed=ORGANISM2.seed, eval_every=args.eval_every, evaluate=evaluate, progress=False)
+    sft(model, tok, train_pairs, learning_rate=spec.sft_learning_rate, batch_size=spec.sft_batch_size,
+        max_steps=args.max_steps, seed=spec.seed, eval_every=args.eval_every, evaluate=evaluate, progress=False)
 
 
 if __name__ == "__main__":

@@ -43,13 +43,13 @@ def process_index() -> int:
 
 
 def resolve_model_dir(path: str) -> str:
-    """'organism' -> the built-in organism; a run directory -> its latest checkpoint's policy; a step_* checkpoint ->
-    its policy; else unchanged."""
+    """'organism', 'organism2', 'organism:TASK' -> that organism (selfrl/organism.py `resolve_organism`); a run
+    directory -> its latest checkpoint's policy; a step_* checkpoint -> its policy; else unchanged."""
     from selfrl.checkpoint import latest_checkpoint
-    from selfrl.organism import organism_path
+    from selfrl.organism import resolve_organism
 
-    if path == "organism":
-        return str(organism_path())
+    if path == "organism" or path == "organism2" or path.startswith("organism:"):
+        return resolve_organism(path)
     p = Path(path)
     if (p / "metrics.jsonl").is_file():
         ckpt = latest_checkpoint(p)
