@@ -135,9 +135,10 @@ def organism_path(spec: OrganismSpec = OrganismSpec(), progress: bool = True,
 
 # ------------------------------------------------------------------------------------------ an organism for any task
 ORGANISM2 = OrganismSpec(hidden_size=96, intermediate_size=288, num_hidden_layers=2, num_attention_heads=4,
-                         sft_max_steps=3000, sft_eval_every=50, target_accuracy=0.40)
-"""The `sums` organism's recipe, chosen on the SFT holdout only (docs/organism2.md): of the sizes tried, the 2-layer
-width-96 model had the largest vote-over-greedy gap in the 0.30-0.55 greedy band; checks every 50 steps."""
+                         sft_max_steps=900, sft_eval_every=50, target_accuracy=1.1)
+"""The `sums` organism's recipe, chosen on the SFT holdout only (docs/organism2.md): 900 SFT steps of a 2-layer
+width-96 model, where its greedy accuracy had plateaued near 0.49 with the vote 0.15 above it (no accuracy stop:
+target 1.1 is never reached, and the holdout accuracy is still recorded every 50 steps)."""
 
 
 def task_sft_pairs(task) -> list[tuple[str, str]]:

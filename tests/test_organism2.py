@@ -18,7 +18,7 @@ from selfrl.errors import TaskError
 from selfrl.evaluate import maj_at_k, mean_at_k
 from selfrl.organism import OrganismSpec, resolve_organism, task_chars, task_organism_path, task_sft_pairs
 from selfrl.tasks import load_task
-from selfrl.tasks.sums import SPLIT_SIZES, SumsTask, worked_solution
+from selfrl.tasks.sums import SPLIT_SIZES, SumsTask, tree_solution, worked_solution
 from tests.conftest import policy_weights
 
 LETTERS = str(Path(__file__).with_name("letter_task.py"))
@@ -31,43 +31,55 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def check_chain(question: str, completion: str) -> None:
-    """The completion adds each operand of the question exactly once, every partial sum right, the last one the sum."""
+def check_worked(question: str, completion: str) -> None:
+    """A chain adds each operand of the question exactly once, a tree adds two pairs and then their sums; every
+    written sum is right and the last one is the question's sum."""
     operands = [int(x) for x in question.rstrip("=").split("+")]
-    parts = re.fullmatch(r"(\d+)((?:\+\d+=\d+)+)", completion)
-    assert parts, completion
-    total, used = int(parts.group(1)), [int(parts.group(1))]
-    for term, partial in re.findall(r"\+(\d+)=(\d+)", parts.group(2)):
-        total += int(term)
-        used.append(int(term))
-        assert int(partial) == total, (question, completion)
-    assert sorted(used) == sorted(operands) and total == sum(operands)
+    tree = re.fullmatch(r"(\d+)\+(\d+)=(\d+),(\d+)\+(\d+)=(\d+),(\d+)\+(\d+)=(\d+)", completion)
+    if tree:
+        a, b, s1, c, d, s2, x, y, total = map(int, tree.groups())
+        assert (s1, s2, x, y, total) == (a + b, c + d, s1, s2, s1 + s2), (question, completion)
+        terms = [a, b, c, d]
+    else:
+        chain = re.fullmatch(r"(\d+)((?:\+\d+=\d+)+)", completion)
+        assert chain, completion
+        total, terms = int(chain.group(1)), [int(chain.group(1))]
+        for term, partial in re.findall(r"\+(\d+)=(\d+)", chain.group(2)):
+            total += int(term)
+            terms.append(int(term))
+            assert int(partial) == total, (question, completion)
+    assert sorted(terms) == sorted(operands) and total == sum(operands), (question, completion)
 
 
-def test_worked_solution_every_order():
-    # 47+85+19+33 = 184 along all 4! = 24 orders; e.g. order (1, 2, 0, 3): 85+19=104, +47=151, +33=184.
+def test_worked_solutions_every_path():
+    # 47+85+19+33 = 184. Chain along order (1, 2, 0, 3): 85+19 = 104, +47 = 151, +33 = 184. Tree along order
+    # (2, 0, 3, 1): 19+47 = 66, 33+85 = 118, 66+118 = 184.
     operands = [47, 85, 19, 33]
     assert worked_solution(operands, [1, 2, 0, 3]) == "85+19=104+47=151+33=184"
-    texts = {worked_solution(operands, list(order)) for order in itertools.permutations(range(4))}
-    assert len(texts) == 24  # distinct operands: every order is a distinct path
+    assert tree_solution(operands, [2, 0, 3, 1]) == "19+47=66,33+85=118,66+118=184"
+    orders = [list(o) for o in itertools.permutations(range(4))]
+    texts = {f(operands, o) for o in orders for f in (worked_solution, tree_solution)}
+    assert len(texts) == 48  # distinct operands: 24 chains and 24 trees, all different texts
     for text in texts:
-        check_chain("47+85+19+33=", text)
+        check_worked("47+85+19+33=", text)
         assert SumsTask.extract_answer(None, text) == "184"
 
 
-def test_sums_splits_are_worked_correctly_in_varied_orders():
+def test_sums_splits_are_worked_correctly_along_varied_paths():
     task = load_task("sums")
     pairs = task.sft_examples()
     assert len(pairs) == SPLIT_SIZES["sft"] and len(task.eval_examples("val")) == 512
     for q, c in pairs:
-        check_chain(q, c)
-    # the order varies: the first operand written is the question's first in about 1/4 of the pairs, not always
-    first_is_first = sum(c.split("+")[0] == q.split("+")[0] for q, c in pairs[:4000]) / 4000
-    assert 0.2 < first_is_first < 0.3
+        check_worked(q, c)
+    # the path varies: half the completions are trees (binomial sd over 4000: 0.008), and a chain starts with the
+    # question's first operand in about 1/4 of the chains (6 of the 24 orders), not always
+    trees = sum("," in c for _, c in pairs[:4000]) / 4000
+    chains = [(q, c) for q, c in pairs[:4000] if "," not in c]
+    first_is_first = sum(c.split("+")[0] == q.split("+")[0] for q, c in chains) / len(chains)
+    assert 0.47 < trees < 0.53 and 0.2 < first_is_first < 0.3
     questions = [set(q for q, *_ in rows) for rows in task._splits.values()]
     assert sum(map(len, questions)) == len(set().union(*questions))  # no question in two splits
     assert SumsTask().eval_examples("val") == task.eval_examples("val")  # deterministic from the data seed
-    assert task.extract_answer(task.sft_examples()[0][1]) == str(sum(map(int, pairs[0][0][:-1].split("+"))))
     with pytest.raises(TaskError):
         task.eval_examples("sft")
 
