@@ -1,5 +1,5 @@
 """The SFT trajectory of a task organism, measured on the SFT holdout only: how its greedy accuracy, mean@G and
-maj@G at temperature T move during warm-up. This is how organism2's stopping accuracy was chosen (docs/organism2.md);
+maj@G at temperature T move during warm-up. This is how organism2's recipe was chosen (docs/organism2.md);
 it never reads val or test.
 
     OMP_NUM_THREADS=1 python scripts/organism_design.py --task sums --max-steps 1500 --out design.jsonl
