@@ -1,4 +1,4 @@
-"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth, evolve."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth, evolve, organism."""
 from __future__ import annotations
 
 import argparse
@@ -42,12 +42,12 @@ def process_index() -> int:
 
 
 def resolve_model_dir(path: str) -> str:
-    """'organism' -> the built-in organism; a run directory -> its latest checkpoint's policy; a step_* checkpoint ->
-    its policy; else unchanged."""
+    """'organism', 'organism2', 'organism:TASK', 'smollm2', a .gguf file -> a model directory (run.model_source); a run
+    directory -> its latest checkpoint's policy; a step_* checkpoint -> its policy; else unchanged."""
     from selfrl.checkpoint import latest_checkpoint
     from selfrl.run import model_source
 
-    if path == "organism" or path == "smollm2" or path.endswith(".gguf"):
+    if path in ("organism", "organism2", "smollm2") or path.startswith("organism:") or path.endswith(".gguf"):
         return model_source(path)
     p = Path(path)
     if (p / "metrics.jsonl").is_file():
@@ -184,6 +184,14 @@ def cmd_evolve(args) -> None:
     print(f"written: {out / 'report.md'}, {out}")
 
 
+def cmd_organism(args) -> None:
+    from selfrl.organism import organism_spec, train_organism_dir
+
+    stats = train_organism_dir(args.task, Path(args.out), organism_spec(args.set), progress=True)
+    print(f"organism for task {stats['task']!r}: {stats['parameters']} parameters, vocabulary {stats['vocabulary']!r}, "
+          f"{stats['sft_steps']} SFT steps, holdout accuracy {stats['holdout_accuracy']:.3f}; written to {args.out}")
+
+
 def cmd_config(args) -> None:
     from selfrl.grpo_config import Config, field_docs, load_config
 
@@ -281,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report-only", action="store_true", help="run nothing; report on the archives that exist")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evolve)
+    o = sub.add_parser("organism", help="train a from-scratch character-level model on a task's sft_examples()")
+    o.add_argument("--task", required=True, help="built-in task name or path/to/file.py:ClassName (with sft_examples)")
+    o.add_argument("--out", required=True, help="new directory for the model (save_pretrained)")
+    o.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the organism's spec "
+                   "(hidden_size, num_hidden_layers, sft_max_steps, target_accuracy, ...; repeatable)")
+    o.set_defaults(func=cmd_organism)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -34,7 +34,7 @@ from selfrl.logger import MetricsLogger, NullLogger, read_metrics
 from selfrl.rundir import check_fresh, lock_run_dir, rollback, save, save_and_pin, unlock
 from selfrl.mitigations import easiest, start_model_votes
 from selfrl.models import load_model
-from selfrl.organism import organism_path
+from selfrl.organism import resolve_organism
 from selfrl.safety import ProbeGate, describe, last_promoted
 from selfrl.tasks import load_task, with_chat_template
 from selfrl.tasks.checked import check_encodable
@@ -288,12 +288,13 @@ def check_prompt_lengths(task, tokenizer, model, prompts: list[str], max_complet
 
 
 def model_source(model: str, progress: bool = True) -> str:
-    """A loadable HF directory or hub id for `model`: "organism" -> the cached built-in organism; "smollm2", a .gguf
-    file -> its cached conversion (selfrl/gguf.py); anything else unchanged."""
+    """A loadable HF directory or hub id for `model`: "organism", "organism2", "organism:TASK" -> that organism,
+    trained into the cache on first use (selfrl/organism.py); "smollm2", a .gguf file -> its cached conversion
+    (selfrl/gguf.py); anything else unchanged."""
     from selfrl.gguf import resolve_model_source
 
-    if model == "organism":
-        return str(organism_path(progress=progress))
+    if model == "organism" or model == "organism2" or model.startswith("organism:"):
+        return resolve_organism(model, progress=progress)
     return resolve_model_source(model, progress=progress)
 
 

@@ -8,6 +8,8 @@ A task is any class with these methods (subclass `Task` to inherit the defaults)
     train_prompts() -> list[str]              UNLABELLED training questions: all a label-free method ever sees
     train_answers() -> list[str]              gold answers of train_prompts(), for `oracle` and logged diagnostics only
     eval_examples(split) -> list[(question, answer)]   labelled "val" / "test" examples, for evaluation only
+    sft_examples() -> list[(question, completion)]     optional: labelled warm-up pairs (worked completions) from
+                                                       which `selfrl organism` trains a from-scratch model
 
 The trainer keeps the two data paths apart: rewards are computed from `train_prompts()` and the model's own
 answers; `train_answers()` is read only by the `oracle` reward and by the diagnostics logger, after the update.
@@ -129,6 +131,10 @@ def load_task(spec: str):
         from selfrl.tasks.arith import ArithTask
 
         return check_task(ArithTask())
+    if spec == "sums":
+        from selfrl.tasks.sums import SumsTask
+
+        return check_task(SumsTask())
     if spec == "math":
         from selfrl.tasks.math import MathTask
 

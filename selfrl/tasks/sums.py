@@ -1,0 +1,109 @@
+"""Built-in task `sums`: sums of four two-digit numbers, worked out along a path of the solver's choosing, every
+partial sum written out. Half the warm-up completions add the operands one by one in a random order (a chain), half
+add two random pairs and then the pair sums (a tree):
+
+    question:   "47+85+19+33="
+    chain:      "85+19=104+47=151+33=184"         (one of 24 orders; the answer follows the last '=')
+    tree:       "19+47=66,33+85=118,66+118=184"   (one of 24 orders of 3 pairings)
+
+Why the order varies (issue 14): self-consistency helps when distinct reasoning paths reach the same answer and
+their mistakes scatter (Wang et al. 2023, "Self-Consistency Improves Chain of Thought Reasoning"). `arith` answers
+each question along one fixed path, so an SFT start repeats its own mistakes in every sample and its majority vote
+is no better than its greedy answer. Here each warm-up completion adds the operands in a random order, so the model
+learns many paths to one answer: samples at T 1.0 take different paths, carry at different places, err
+differently, and the vote over them is right more often than any one path (the regime TTRL, SRT and M-GRPO rely on).
+Chains alone were not enough (docs/organism2.md): every chain ends by writing the same final sum, so a sample's
+errors were shared by most paths; a tree's last addition (66+118) differs from a chain's (151+33), and with both
+shapes the vote measured +0.15 over greedy on the SFT holdout, against +0.04 with chains only.
+
+The data are generated from a fixed seed; splits never share a question. Splits: `sft` (labelled warm-up: worked
+completions, `sft_examples()`), `train` (unlabelled for label-free methods), `val` (512 questions: ±0.02 of noise on
+an accuracy near 0.4) and `test` (labelled, evaluation only).
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from selfrl.errors import TaskError
+from selfrl.tasks import Task
+
+SPLIT_SIZES = {"sft": 40000, "train": 4000, "val": 512, "test": 1000}
+DATA_SEED = 20260114
+OPERANDS = 4
+# re.ASCII: without it \d takes fullwidth and other-script digits, which int() would quietly accept.
+_ANSWER = re.compile(r"=\s*(-?\d+)\s*$", re.ASCII)
+
+
+def worked_solution(operands: list[int], order: list[int]) -> str:
+    """A chain: the operands added in `order` (indices into `operands`), each partial sum written:
+    "85+19=104+47=151+33=184"."""
+    total = operands[order[0]]
+    text = str(total)
+    for i in order[1:]:
+        total += operands[i]
+        text += f"+{operands[i]}={total}"
+    return text
+
+
+def tree_solution(operands: list[int], order: list[int]) -> str:
+    """The first two operands of `order` added, then the last two, then the two sums: "19+47=66,33+85=118,66+118=184"."""
+    a, b, c, d = (operands[i] for i in order)
+    return f"{a}+{b}={a + b},{c}+{d}={c + d},{a + b}+{c + d}={a + b + c + d}"
+
+
+def _problem(rng: random.Random) -> tuple[str, str, str]:
+    operands = [rng.randint(10, 99) for _ in range(OPERANDS)]
+    order = rng.sample(range(OPERANDS), OPERANDS)
+    question = "+".join(map(str, operands)) + "="
+    worked = worked_solution if rng.random() < 0.5 else tree_solution
+    return question, worked(operands, order), str(sum(operands))
+
+
+def make_splits(seed: int = DATA_SEED) -> dict[str, list[tuple[str, str, str]]]:
+    """{split: [(question, worked completion along a random path, answer)]} with no question in two splits."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits = {}
+    for name, size in SPLIT_SIZES.items():
+        rows = []
+        while len(rows) < size:
+            q, completion, ans = _problem(rng)
+            if q not in seen:
+                seen.add(q)
+                rows.append((q, completion, ans))
+        splits[name] = rows
+    return splits
+
+
+class SumsTask(Task):
+    name = "sums"
+
+    def __init__(self) -> None:
+        self._splits = make_splits()
+
+    def extract_answer(self, completion: str) -> str | None:
+        # Only the final '=<integer>' counts. A bounded tail: model output is untrusted and may be long, and 64
+        # characters bound int() far below Python's int-string limit (as in arith).
+        if not isinstance(completion, str):
+            return None
+        m = _ANSWER.search(completion[-64:])
+        return str(int(m.group(1))) if m else None
+
+    def is_equivalent(self, a: str, b: str) -> bool:
+        return a.strip() == b.strip()
+
+    def train_prompts(self) -> list[str]:
+        return [q for q, _, _ in self._splits["train"]]
+
+    def train_answers(self) -> list[str]:
+        return [a for _, _, a in self._splits["train"]]
+
+    def eval_examples(self, split: str) -> list[tuple[str, str]]:
+        if split not in ("val", "test"):
+            raise TaskError(f"task 'sums' has labelled splits 'val' and 'test', not {split!r}")
+        return [(q, a) for q, _, a in self._splits[split]]
+
+    def sft_examples(self) -> list[tuple[str, str]]:
+        """Labelled warm-up pairs (question, worked completion) for the model organism's SFT start."""
+        return [(q, c) for q, c, _ in self._splits["sft"]]
