@@ -137,6 +137,10 @@ class Config:
     # --- evaluation, logging, checkpoints ------------------------------------------------------------------
     eval_every: int = 20
     """Greedy accuracy on the labelled validation split every this many steps (and at step 0)."""
+    eval_samples: int = 4
+    """k: samples per validation question for val/mean@k and val/maj@k, the M-GRPO paper's evaluation beside greedy (0: greedy only)."""
+    eval_temperature: float = 0.8
+    """Sampling temperature of val/mean@k and val/maj@k (M-GRPO paper: 0.8)."""
     eval_limit: int | None = None
     """Evaluate on at most this many validation examples (None: all)."""
     eval_batch_size: int = 256
@@ -247,6 +251,8 @@ class Config:
             ("epsilon", self.epsilon > 0, "> 0"),
             ("max_steps", self.max_steps >= 1, ">= 1"),
             ("num_iterations", self.num_iterations >= 1, ">= 1"),
+            ("eval_samples", self.eval_samples >= 0, ">= 0"),
+            ("eval_temperature", self.eval_temperature > 0, "> 0"),
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("save_every", self.save_every >= 0, ">= 0"),
             ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1, ">= 1 or null"),

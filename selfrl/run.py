@@ -28,7 +28,7 @@ from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpo
 from selfrl.data import TrainFileTask
 from selfrl.detector import CollapseDetector
 from selfrl.errors import SelfRLError, TaskError
-from selfrl.evaluate import greedy_accuracy
+from selfrl.evaluate import greedy_accuracy, sampled_accuracy
 from selfrl.grpo_config import ANCHORED, Config
 from selfrl.logger import MetricsLogger, NullLogger, read_metrics
 from selfrl.rundir import check_fresh, lock_run_dir, rollback, save, save_and_pin, unlock
@@ -328,9 +328,26 @@ def probe_scores(s: Setup) -> dict:
     return dist.from_main(lambda: s.probes.score(s.model, s.tokenizer))
 
 
-def evaluate(s: Setup) -> dict:
-    out = {"val/accuracy": shared_accuracy(s, s.task.eval_examples("val")[: s.cfg.eval_limit]),
-           **(probe_scores(s) if s.probes is not None else {})}
+def shared_sampled(s: Setup, examples: list, step: int) -> dict:
+    """val/mean@k and val/maj@k (k = eval_samples at eval_temperature), each process sampling a share. The samples
+    come from their own RNG stream (seed, step), forked off the run's, so evaluating never moves training."""
+    mine = examples[dist.rank() :: dist.world()]
+    device = next(s.model.parameters()).device
+    mean = maj = 0.0
+    if mine:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(np.random.default_rng([s.cfg.seed, step, 7]).integers(2**62)))
+            mean, maj, _ = sampled_accuracy(s.model, s.tokenizer, s.task, mine, s.cfg.eval_samples,
+                                            s.cfg.max_completion_length, s.cfg.eval_temperature, s.cfg.eval_batch_size)
+    n = len(examples)
+    return {"val/mean@k": dist.all_sum(mean * len(mine)) / n, "val/maj@k": dist.all_sum(maj * len(mine)) / n}
+
+
+def evaluate(s: Setup, step: int) -> dict:
+    val = s.task.eval_examples("val")[: s.cfg.eval_limit]
+    out = {"val/accuracy": shared_accuracy(s, val), **(probe_scores(s) if s.probes is not None else {})}
+    if s.cfg.eval_samples:
+        out.update(shared_sampled(s, val, step))
     if s.cfg.early_stopping_patience is not None:  # SRT mitigation 1: a small LABELLED split, disjoint from val
         held = s.task.eval_examples(s.cfg.early_stopping_split)[: s.cfg.early_stopping_examples]
         out["stop/accuracy"] = shared_accuracy(s, held)
@@ -360,7 +377,7 @@ def begin(s: Setup, logger) -> None:
     """Step 0 of a new run: the start model's evaluation; with the gate, the detector's rollback or early stopping,
     the start model saved as the first promoted / healthy / best-so-far checkpoint."""
     cfg = s.cfg
-    first = evaluate(s)
+    first = evaluate(s, 0)
     if s.probes is not None:
         # The start model is the gate's baseline and the first promoted checkpoint: the rollback target until
         # a trained checkpoint passes the gate.
@@ -403,7 +420,7 @@ def after_step(s: Setup, step: int, metrics: dict, logger, skipped_why: str | No
                 stop_reason = "collapse detector" if stop else None
     save_now = bool(cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps or bool(stop_reason)
     if step % cfg.eval_every == 0 or step == cfg.max_steps or stop_reason:
-        metrics.update(evaluate(s))
+        metrics.update(evaluate(s, step))
     elif save_now and s.probes is not None:
         metrics.update(probe_scores(s))  # the gate judges each checkpoint by its own scores
     if "stop/accuracy" in metrics and not stop_reason:  # early stopping on a small labelled split
@@ -413,7 +430,7 @@ def after_step(s: Setup, step: int, metrics: dict, logger, skipped_why: str | No
             s.stop_waited += 1
         if s.stop_waited >= cfg.early_stopping_patience:
             rollback(s, s.stop_best[1])
-            metrics.update({**evaluate(s), "stop/restored": s.stop_best[1]})
+            metrics.update({**evaluate(s, step), "stop/restored": s.stop_best[1]})
             stop_reason, save_now = "early stopping", True
     regressed = {}
     if s.probes is not None and any(k.startswith("safety/") for k in metrics):

@@ -93,3 +93,20 @@ def test_corewarding_labels_are_the_teachers_vote(tiny_model_dir, tmp_path, monk
         assert list(args[3]) == [False] * 4 + [True] * 3
     # step 1 of max_steps 2: alpha = 0.01, so the teacher moved 1% of the way to the policy
     assert abs(out.metrics["anchor/ema_decay"] - 0.99) < 1e-12 and out.metrics["anchor/kl"] is not None
+
+
+def test_sampled_evaluation_is_logged_and_never_moves_training(tiny_model_dir, tmp_path):
+    """val/mean@k and val/maj@k at every evaluation (issue 14 item 2), from an RNG stream of their own: the same run
+    with and without them trains bit-identically."""
+    import json
+
+    rows = {}
+    for k in (0, 4):
+        out = train(load_config(None, tiny_sets(tiny_model_dir, tmp_path / f"k{k}", method="srt", max_steps=3,
+                                                eval_samples=k)))
+        rows[k] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows[0], rows[4]):
+        assert {k: v for k, v in a.items() if not k.startswith(("time/", "val/"))} == \
+            {k: v for k, v in b.items() if not k.startswith(("time/", "val/"))}
+        assert a["val/accuracy"] == b["val/accuracy"] and "val/mean@k" not in a
+        assert 0.0 <= b["val/mean@k"] <= 1.0 and 0.0 <= b["val/maj@k"] <= 1.0

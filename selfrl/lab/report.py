@@ -21,7 +21,7 @@ import yaml
 from selfrl.errors import SelfRLError
 from selfrl.logger import read_metrics
 
-STATS = ("start", "peak", "final", "gain")
+STATS = ("start", "peak", "final", "gain", "start_mean", "final_mean", "start_maj", "final_maj")
 PANELS = [  # curves.png: the labelled result first, then the label-free signals a user can watch without labels
     ("val/accuracy", "validation accuracy (greedy, labelled)"),
     ("reward/pseudo", "pseudo-reward (training reward)"),
@@ -84,8 +84,12 @@ def run_stats(rows: list[dict]) -> dict | None:
         return None
     peak_step, peak = max(vals, key=lambda sv: (sv[1], -sv[0]))
     times = [r["time/step_s"] for r in rows if r.get("time/step_s") is not None]
+    sampled = {}  # the paper's evaluation beside greedy: mean@k and maj@k at eval_temperature, start and final
+    for key, name in (("val/mean@k", "mean"), ("val/maj@k", "maj")):
+        got = [r[key] for r in rows if r.get(key) is not None]
+        sampled.update({f"start_{name}": got[0] if got else None, f"final_{name}": got[-1] if got else None})
     return {"start": vals[0][1], "peak": peak, "peak_step": peak_step, "final": vals[-1][1], "final_step": vals[-1][0],
-            "gain": vals[-1][1] - vals[0][1], "step_s": sum(times) / len(times) if times else None}
+            "gain": vals[-1][1] - vals[0][1], "step_s": sum(times) / len(times) if times else None, **sampled}
 
 
 def collapse_events(rows: list[dict], drop: float = 0.2) -> dict:
@@ -134,7 +138,7 @@ def row_summaries(outcomes: list[Outcome]) -> list[dict]:
         summary = {"row": row, "method": method_name(runs[0].cfg), "labels_used": labels_used(runs[0].cfg),
                    "seeds": len(runs), **{st: sum(o.status == st for o in runs) for st in ("done", "partial", "failed")},
                    "n": len(stats)}
-        summary.update({k: spread([s[k] for s in stats]) for k in STATS})
+        summary.update({k: spread([s[k] for s in stats if s[k] is not None]) for k in STATS})
         summary["peak_step"] = statistics.fmean([s["peak_step"] for s in stats]) if stats else None
         summary["step_s"] = statistics.fmean(times) if times else None
         out.append(summary)
@@ -220,21 +224,28 @@ def _num(v, fmt: str = "{:.3f}") -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
+def _mean_arrow(start: dict | None, final: dict | None) -> str:
+    return "—" if start is None or final is None else f"{start['mean']:.3f} → {final['mean']:.3f}"
+
+
 def markdown(title: str, outcomes: list[Outcome], png: str = "curves.png") -> str:
     rows = row_summaries(outcomes)
     md = [f"# {title}\n",
           "Validation accuracy is greedy on the labelled validation split. `final` is each run's last evaluation (its "
           "final checkpoint), chosen by no one; `peak` is shown for reference only (picking it would use labels). "
           "Cells are mean ± sample std [min, max] over the seeds counted: done runs and interrupted (partial) ones, "
-          "whose `final` is only their latest evaluation; failed runs are listed, never averaged.\n",
+          "whose `final` is only their latest evaluation; failed runs are listed, never averaged. mean@k and maj@k "
+          "are the M-GRPO paper's evaluation beside greedy: k samples per question at `eval_temperature`, the "
+          "share correct and the majority answer's accuracy (start → final).\n",
           "| row | method | labels used for training | seeds done/total | start | peak | peak step (mean) | final | "
-          "final − start | s/step (mean) |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "final − start | s/step (mean) | mean@k start → final | maj@k start → final |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in rows:
         seeds = f"{s['done']}/{s['seeds']}" + "".join(f", {s[k]} {k}" for k in ("partial", "failed") if s[k])
         md.append(f"| {s['row']} | {s['method']} | {s['labels_used']} | {seeds} | {_cell(s['start'])} | "
                   f"{_cell(s['peak'])} | {_num(s['peak_step'], '{:.1f}')} | {_cell(s['final'])} | "
-                  f"{_cell(s['gain'], signed=True)} | {_num(s['step_s'], '{:.2f}')} |")
+                  f"{_cell(s['gain'], signed=True)} | {_num(s['step_s'], '{:.2f}')} | "
+                  f"{_mean_arrow(s['start_mean'], s['final_mean'])} | {_mean_arrow(s['start_maj'], s['final_maj'])} |")
     md += ["\n## Runs\n",
            "| row | seed | status | start | peak (step) | final (step) | final − start | s/step | first alarm | "
            "fall step | lead | wall s |",
