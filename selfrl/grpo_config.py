@@ -35,10 +35,12 @@ DETECTOR_ACTIONS = ("off", "alarm", "rollback", "stop")
 @dataclass
 class Config:
     # --- what to train -------------------------------------------------------------------------------------
-    model: str = "organism"
-    """Local path or hub id of an AutoModelForCausalLM, or "organism" for the built-in CPU model organism."""
-    task: str = "arith"
-    """Built-in task name ("arith") or a task file: "path/to/file.py:ClassName" or "package.module:ClassName"."""
+    model: str = "organism2"
+    """Local path, hub id or .gguf file of a causal LM; "smollm2"; or a built-in CPU model organism: "organism2" (sums, the default), "organism" (arith, v1), "organism:TASK" (any task's sft_examples)."""
+    task: str = "sums"
+    """Built-in task name ("sums", "arith", "math", "wordarith", "points") or a task file: "path/to/file.py:ClassName" or "package.module:ClassName"."""
+    max_train_prompts: int | None = None
+    """Train on the task's first this many prompts only (the small-data regime of He et al. 2026; None: all)."""
     train_file: str | None = None
     """Training prompts replacing the task's own: a .jsonl, .parquet or .csv file or a hub dataset id org/name[:split] (the task still formats, extracts and evaluates)."""
     prompt_column: str = "prompt"
@@ -251,6 +253,7 @@ class Config:
             ("epsilon", self.epsilon > 0, "> 0"),
             ("max_steps", self.max_steps >= 1, ">= 1"),
             ("num_iterations", self.num_iterations >= 1, ">= 1"),
+            ("max_train_prompts", self.max_train_prompts is None or self.max_train_prompts >= 1, ">= 1 or null"),
             ("eval_samples", self.eval_samples >= 0, ">= 0"),
             ("eval_temperature", self.eval_temperature > 0, "> 0"),
             ("eval_every", self.eval_every >= 1, ">= 1"),

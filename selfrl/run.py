@@ -191,7 +191,7 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     if cfg.use_peft:
         model = lora.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     model.train()
-    prompts = task.train_prompts()
+    prompts = task.train_prompts()[: cfg.max_train_prompts]
     if not prompts:
         raise TaskError(f"task {cfg.task!r} has no training prompts")
     check_prompt_lengths(task, tokenizer, model, prompts, cfg.max_completion_length)

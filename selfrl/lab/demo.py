@@ -12,7 +12,7 @@ from pathlib import Path
 
 from selfrl.checkpoint import latest_checkpoint
 from selfrl.grpo_config import load_config
-from selfrl.organism import organism_path
+from selfrl.organism import resolve_organism
 from selfrl.lab.report import write_report
 from selfrl.grpo import train
 
@@ -32,8 +32,8 @@ def run_demo(out_dir: str = "runs/demo", sets: list[str] | None = None, progress
     out = Path(out_dir)
     t0 = time.perf_counter()
     base = load_config(demo_config_path(), list(sets or []))
-    if base.model == "organism":
-        print(f"[demo] model organism: {organism_path(progress=progress)}")
+    if base.model.startswith("organism"):
+        print(f"[demo] model organism: {resolve_organism(base.model, progress=progress)}")
     run_dirs = []
     for name, run_sets in DEMO_RUNS:
         run_dir = out / name
