@@ -197,7 +197,7 @@ def cmd_points(args) -> None:
 def cmd_points_study(args) -> None:
     from selfrl.lab.points_study import run_points_study
 
-    out = run_points_study(args.config, args.out, args.set, args.report_only)
+    out = run_points_study(args.config, args.out, args.set, args.report_only, args.seed)
     print(f"written: {out / 'report.md'}, {out / 'curves.png'}, {out / 'summary.json'}")
 
 
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--out", help="study directory (default: the file's output_dir)")
     ps.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study field (repeatable)")
     ps.add_argument("--report-only", action="store_true", help="train nothing; report on the runs that exist")
+    ps.add_argument("--seed", type=int, help="run this seed's arms only (the report still covers all)")
     ps.set_defaults(func=cmd_points_study)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from selfrl.episodes import Attempt, Episode, conversation, episode_batch, rende
 from selfrl.errors import ConfigError
 from selfrl.logger import MetricsLogger
 from selfrl.rollout import encode_prompts, generate
-from selfrl.tasks.points import REWARD_CORRECT, Hand, PointsTask, prompt_text, score
+from selfrl.tasks.points import MAX_FORMULA_CHARS, REWARD_CORRECT, Hand, PointsTask, extract_formula, prompt_text, score
 
 TURNS_REPORTED = (1, 3, 5)  # success within k attempts, as the study reports it
 
@@ -68,6 +69,8 @@ class PointsConfig:
     """With model 'organism': its warm-up's SFT steps (selfrl/points_organism.py PointsOrganismSpec.sft_max_steps)."""
     warmup_id_share: float = 0.5
     """With model 'organism': the share of its warm-up pairs under the ID rule (PointsOrganismSpec.id_share)."""
+    warmup_target_accuracy: float = 0.5
+    """With model 'organism': its warm-up stops at this held-out ID success (PointsOrganismSpec.target_accuracy)."""
     output_dir: str = "runs/points"
     """Run directory: config.yaml, metrics.jsonl, summary.json, final/ (the trained model)."""
     seed: int = 0
@@ -210,6 +213,22 @@ def episode_grpo_step(model, tokenizer, optimizer, hands: list[Hand], cfg: Point
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
+def numbers_used(completion: str) -> list[int] | None:
+    """The sorted numbers of a completion's formula (None without one): which values the model gave the cards."""
+    formula = extract_formula(completion)
+    return None if formula is None else sorted(int(t) for t in re.findall(r"\d+", formula[:MAX_FORMULA_CHARS]))
+
+
+def rule_reading(hands: list[Hand], completions: list[str]) -> dict:
+    """On OOD hands: the share of answers whose numbers are the cards' values under the stated rule (J, Q, K = 11,
+    12, 13) and the share whose numbers are their values under the ID rule (all 10), which a model that ignores the
+    rule sentence and plays the rule it was trained on would write."""
+    used = [numbers_used(c) for c in completions]
+    stated = sum(u == sorted(h.values) for h, u in zip(hands, used))
+    as_id = sum(u == sorted(Hand(h.ranks).values) for h, u in zip(hands, used))
+    return {"ood/numbers_stated_rule": stated / len(hands), "ood/numbers_id_rule": as_id / len(hands)}
+
+
 def no_rule_prompt(hand: Hand) -> str:
     """The question without its rule sentence: a model that ignores the rule answers this as it answers the full
     question (the issue's fallback measurement)."""
@@ -236,6 +255,7 @@ def evaluate_points(model, tokenizer, task: PointsTask, n_hands: int, turns: int
             out["ood_no_rule/success@1"] = sum(solved_within(e, 1) for e in bare) / len(bare)
             out["ood_no_rule/same_answer"] = sum(a.attempts[0].completion == b.attempts[0].completion
                                                  for a, b in zip(episodes, bare)) / len(bare)
+            out.update(rule_reading(hands, [e.attempts[0].completion for e in episodes]))
     model.train(was_training)
     return out
 
@@ -246,7 +266,8 @@ def load_start(cfg: PointsConfig):
     from selfrl.points_organism import PointsOrganismSpec, load_points_organism, points_organism_path
 
     if cfg.model_name_or_path == "organism":
-        spec = PointsOrganismSpec(sft_max_steps=cfg.warmup_max_steps, id_share=cfg.warmup_id_share)
+        spec = PointsOrganismSpec(sft_max_steps=cfg.warmup_max_steps, id_share=cfg.warmup_id_share,
+                                  target_accuracy=cfg.warmup_target_accuracy)
         return load_points_organism(points_organism_path(spec))
     path = Path(cfg.model_name_or_path)
     if not (path / "config.json").is_file():

@@ -71,8 +71,8 @@ def start_path(base: PointsConfig) -> str:
         return base.model_name_or_path
     from selfrl.points_organism import PointsOrganismSpec, points_organism_path
 
-    return str(points_organism_path(PointsOrganismSpec(sft_max_steps=base.warmup_max_steps,
-                                                       id_share=base.warmup_id_share)))
+    return str(points_organism_path(PointsOrganismSpec(sft_max_steps=base.warmup_max_steps, id_share=base.warmup_id_share,
+                                                       target_accuracy=base.warmup_target_accuracy)))
 
 
 def _run(cfg: PointsConfig) -> dict:
@@ -80,7 +80,10 @@ def _run(cfg: PointsConfig) -> dict:
     return json.loads(done.read_text()) if done.is_file() else train_points(cfg)
 
 
-def run_points_study(path: str | None, out: str | None, sets: list[str] | None, report_only: bool = False) -> Path:
+def run_points_study(path: str | None, out: str | None, sets: list[str] | None, report_only: bool = False,
+                     seed: int | None = None) -> Path:
+    """Run (or resume) the study and write its report; `seed` runs that seed's arms only (processes side by side
+    each take one seed; run the seed-0 process first, as it evaluates the shared start)."""
     study = config_loader.load(PointsStudyConfig, path, sets)
     root = Path(out or study.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def run_points_study(path: str | None, out: str | None, sets: list[str] | None, 
             start = evaluate_points(model, tok, PointsTask(style="compact"), base.eval_hands, base.eval_turns,
                                     base.max_completion_length)
             (root / "start.json").write_text(json.dumps({"start": base.model_name_or_path, **start}, indent=2))
-        for seed in range(study.num_seeds):
+        for seed in range(study.num_seeds) if seed is None else [seed]:
             budgets = []
             for turns in study.turn_list():
                 rl = _run(dataclasses.replace(base, method="rl", max_turns=turns, seed=seed,
@@ -188,6 +191,14 @@ def write_points_report(root: Path, study: PointsStudyConfig) -> None:
             lines.append(f"- {arm_label(arm)}: {100 * statistics.mean(e['ood/success@1'] for e in ends):.1f} / "
                          f"{100 * statistics.mean(e['ood_no_rule/success@1'] for e in ends):.1f}; same answer "
                          f"{100 * statistics.mean(e['ood_no_rule/same_answer'] for e in ends):.1f}%")
+    lines += ["", "Which rule the OOD first answers' numbers follow (mean over seeds): the stated one "
+              "(J, Q, K = 11, 12, 13) / the ID one (J, Q, K = 10).", "",
+              f"- start: {100 * start['ood/numbers_stated_rule']:.1f}% / {100 * start['ood/numbers_id_rule']:.1f}%"]
+    for arm, runs in arms.items():
+        if runs:
+            ends = [r["evals"][-1] for r in runs]
+            lines.append(f"- {arm_label(arm)}: {100 * statistics.mean(e['ood/numbers_stated_rule'] for e in ends):.1f}%"
+                         f" / {100 * statistics.mean(e['ood/numbers_id_rule'] for e in ends):.1f}%")
     lines += ["", "## Verdict (counted from the runs above)", ""] + [f"- {v}" for v in verdict(start, arms, study)]
     lines += ["", "![curves](curves.png)", ""]
     plot_curves(start, arms, root / "curves.png")
