@@ -250,6 +250,7 @@ def evaluate_points(model, tokenizer, task: PointsTask, n_hands: int, turns: int
             if k <= turns:
                 out[f"{key}/success@{k}"] = sum(solved_within(e, k) for e in episodes) / len(episodes)
         out[f"{key}/reward@1"] = sum(e.attempts[0].reward for e in episodes) / len(episodes)
+        out[f"{key}/no_formula@1"] = sum(e.attempts[0].messages == ["no formula found"] for e in episodes) / len(episodes)
         if key == "ood":
             bare, _ = play_episodes(model, tokenizer, hands, 1, max_new_tokens, greedy=True, first_prompt=no_rule_prompt)
             out["ood_no_rule/success@1"] = sum(solved_within(e, 1) for e in bare) / len(bare)

@@ -140,3 +140,16 @@ def test_cli_two_step_run_writes_metrics(tiny_points_dir, tmp_path):
     assert [r["step"] for r in train] == [1, 2]
     assert all(r["compute/tokens"] > 0 for r in train) and train[1]["compute/tokens"] > train[0]["compute/tokens"]
     assert any("id/success@1" in r for r in rows)
+
+
+def test_rule_reading_counts_which_values_the_numbers_follow():
+    from selfrl.points_rl import rule_reading
+    from selfrl.tasks.points import OOD_FACES, Hand
+
+    hand = Hand(("K", "2", "3", "4"), OOD_FACES)  # OOD values 13, 2, 3, 4; under the ID rule 10, 2, 3, 4
+    answers = ['{"formula": "13+2*4-3+4"}',  # numbers 2, 3, 4, 4, 13: neither multiset
+               '{"formula": "(13-2)*3-4*..."}',  # numbers 2, 3, 4, 13: the stated rule (format does not matter)
+               '{"formula": "10*3-2-4=24"}',  # numbers 2, 3, 4, 10: the ID rule
+               "no formula"]  # None: neither
+    # 1 of 4 follows the stated rule, 1 of 4 the ID rule.
+    assert rule_reading([hand] * 4, answers) == {"ood/numbers_stated_rule": 0.25, "ood/numbers_id_rule": 0.25}

@@ -199,6 +199,9 @@ def write_points_report(root: Path, study: PointsStudyConfig) -> None:
             ends = [r["evals"][-1] for r in runs]
             lines.append(f"- {arm_label(arm)}: {100 * statistics.mean(e['ood/numbers_stated_rule'] for e in ends):.1f}%"
                          f" / {100 * statistics.mean(e['ood/numbers_id_rule'] for e in ends):.1f}%")
+    if "ood/no_formula@1" in start:
+        lines += ["", f"First answers without a readable formula at the start (the format broken): ID "
+                  f"{100 * start['id/no_formula@1']:.1f}%, OOD {100 * start['ood/no_formula@1']:.1f}%."]
     lines += ["", "## Verdict (counted from the runs above)", ""] + [f"- {v}" for v in verdict(start, arms, study)]
     lines += ["", "![curves](curves.png)", ""]
     plot_curves(start, arms, root / "curves.png")
