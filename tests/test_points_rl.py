@@ -153,3 +153,30 @@ def test_rule_reading_counts_which_values_the_numbers_follow():
                "no formula"]  # None: neither
     # 1 of 4 follows the stated rule, 1 of 4 the ID rule.
     assert rule_reading([hand] * 4, answers) == {"ood/numbers_stated_rule": 0.25, "ood/numbers_id_rule": 0.25}
+
+
+def test_study_report_counts_seeds_from_the_runs(tmp_path):
+    from selfrl.lab.points_study import PointsStudyConfig, write_points_report
+
+    keys = {"id/success@1": 0.1, "id/success@3": 0.1, "id/success@5": 0.1, "id/reward@1": -1.0,
+            "ood/success@1": 0.25, "ood/success@3": 0.25, "ood/success@5": 0.25, "ood/reward@1": -2.0,
+            "ood_no_rule/success@1": 0.0, "ood_no_rule/same_answer": 0.0, "ood/numbers_stated_rule": 0.0,
+            "ood/numbers_id_rule": 0.0}
+    (tmp_path / "start.json").write_text(json.dumps({"start": "s", **keys}))
+    # OOD success@1 at the end (start 0.25; binary fractions, so the changes are exact):
+    ends = {"rl_t1": [0.375, 0.125], "rl_t2": [0.5, 0.5], "sft": [0.25, 0.0]}
+    for arm, values in ends.items():
+        for seed, v in enumerate(values):
+            d = tmp_path / arm / f"seed_{seed}"
+            d.mkdir(parents=True)
+            d.joinpath("summary.json").write_text(json.dumps(
+                {"config": {"seed": seed}, "evals": [{**keys, "ood/success@1": v, "compute/tokens": 100}]}))
+    study = PointsStudyConfig(num_seeds=2, turns="1,2")
+    write_points_report(tmp_path, study)
+    report = (tmp_path / "report.md").read_text()
+    # Changes in points: RL1 +12.5, -12.5 (mean 0.0, sd sqrt(2 * 12.5^2 / 1) = 17.7); SFT 0, -25. RL1 above SFT:
+    # seed 0 (12.5 > 0) and seed 1 (-12.5 > -25): 2/2. RL2 +25, +25: 2/2. Mean OOD change by turns 0.0 -> +25.0.
+    assert "| RL, 1 turn(s) | 2 | 100 | +0.0 ± 0.0 | +0.0 ± 17.7 | +0.0 ± 0.0 | +12.5, -12.5 | - |" in report
+    assert "RL with 1 turn(s): OOD success@1 change above SFT's in 2/2 seeds" in report
+    assert "More turns give more OOD gain: yes (mean OOD change by turns: 1: +0.0, 2: +25.0 points)" in report
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -129,11 +129,16 @@ def deltas(start: dict, run: dict, key: str) -> float:
     return 100 * (run["evals"][-1][key] - start[key])
 
 
-def _mean(xs: list[float]) -> str:
+def reward_delta(start: dict, run: dict, split: str) -> float:
+    """Change of the first attempt's mean reward (the dense signal under a success rate stuck at 0)."""
+    return run["evals"][-1][f"{split}/reward@1"] - start[f"{split}/reward@1"]
+
+
+def _mean(xs: list[float], digits: int = 1) -> str:
     if not xs:
         return "-"
-    sd = f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else ""
-    return f"{statistics.mean(xs):+.1f}{sd}"
+    sd = f" ± {statistics.stdev(xs):.{digits}f}" if len(xs) > 1 else ""
+    return f"{statistics.mean(xs):+.{digits}f}{sd}"
 
 
 def arm_label(arm: str) -> str:
@@ -171,8 +176,9 @@ def write_points_report(root: Path, study: PointsStudyConfig) -> None:
              f"{100 * start.get('ood/success@5', float('nan')):.1f} | {100 * start['ood_no_rule/success@1']:.1f} | "
              f"{100 * start['ood_no_rule/same_answer']:.1f} |", "",
              "Change from the start (points; mean ± sd over seeds):", "",
-             "| arm | seeds | tokens (mean) | ID Δ@1 | OOD Δ@1 | OOD Δ@5 | OOD Δ@1 per seed | paper OOD Δ |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| arm | seeds | tokens (mean) | ID Δ@1 | OOD Δ@1 | OOD Δ@5 | OOD Δ@1 per seed | paper OOD Δ | "
+             "ID reward@1 Δ | OOD reward@1 Δ |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, runs in arms.items():
         if not runs:
             continue
@@ -182,7 +188,9 @@ def write_points_report(root: Path, study: PointsStudyConfig) -> None:
         paper = PAPER["sft"] if arm == "sft" else PAPER["rl"] if arm == "rl_t5" else None
         lines.append(f"| {arm_label(arm)} | {len(runs)} | {tokens:,.0f} | "
                      f"{_mean([deltas(start, r, 'id/success@1') for r in runs])} | {_mean(ood)} | {_mean(ood5)} | "
-                     f"{', '.join(f'{d:+.1f}' for d in ood)} | {'-' if paper is None else f'{paper:+.1f}'} |")
+                     f"{', '.join(f'{d:+.1f}' for d in ood)} | {'-' if paper is None else f'{paper:+.1f}'} | "
+                     f"{_mean([reward_delta(start, r, 'id') for r in runs], 2)} | "
+                     f"{_mean([reward_delta(start, r, 'ood') for r in runs], 2)} |")
     lines += ["", "Rule probe at each run's end (mean over seeds): OOD success@1 with the rule sentence / without it; "
               "share of OOD first answers identical with and without it.", ""]
     for arm, runs in arms.items():
@@ -199,6 +207,8 @@ def write_points_report(root: Path, study: PointsStudyConfig) -> None:
             ends = [r["evals"][-1] for r in runs]
             lines.append(f"- {arm_label(arm)}: {100 * statistics.mean(e['ood/numbers_stated_rule'] for e in ends):.1f}%"
                          f" / {100 * statistics.mean(e['ood/numbers_id_rule'] for e in ends):.1f}%")
+    lines += ["", f"First-attempt mean reward at the start: ID {start['id/reward@1']:+.2f}, "
+              f"OOD {start['ood/reward@1']:+.2f}."]
     if "ood/no_formula@1" in start:
         lines += ["", f"First answers without a readable formula at the start (the format broken): ID "
                   f"{100 * start['id/no_formula@1']:.1f}%, OOD {100 * start['ood/no_formula@1']:.1f}%."]
