@@ -330,7 +330,7 @@ def train_sft(cfg: PointsConfig, model, tokenizer, task: PointsTask, log: Metric
             evals.append({"step": done[0], **_eval_row(model, tokenizer, task, cfg, done[0], cumulative[done[0] - 1],
                                                        seconds)})
             log.log(done[0], evals[-1])
-        return 0.0
+        return evals[-1]["id/success@1"] if evals else float("nan")  # what sft's progress bar shows as acc
 
     sft(model, tokenizer, pairs, learning_rate=cfg.learning_rate, batch_size=cfg.per_device_train_batch_size,
         max_steps=steps, seed=cfg.seed, evaluate=evaluate, eval_every=1, progress=True, desc="points sft")
