@@ -207,6 +207,7 @@ def episode_grpo_step(model, tokenizer, optimizer, hands: list[Hand], cfg: Point
     turns = [len(e.attempts) for e in episodes]
     return {**metrics, "train/skipped": int(skipped), "reward/episode": float(rewards.mean()),
             "reward/first_attempt": sum(e.attempts[0].reward for e in episodes) / len(episodes),
+            "reward/group_std": float(rewards.std(dim=1).mean()),  # 0: every group tied, no advantage, no learning
             "episode/solved": sum(e.solved for e in episodes) / len(episodes),
             "episode/turns": sum(turns) / len(turns),
             "episode/trained_tokens": float(batch["loss_mask"].sum())}, tokens

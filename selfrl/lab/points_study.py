@@ -129,6 +129,24 @@ def deltas(start: dict, run: dict, key: str) -> float:
     return 100 * (run["evals"][-1][key] - start[key])
 
 
+def train_curve(run_dir: Path) -> list[float]:
+    """The RL run's sampled first-attempt reward at each step (metrics.jsonl)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["reward/first_attempt"] for r in rows if "reward/first_attempt" in r]
+
+
+def _last(arm_dir: Path, runs: list[dict], key: str) -> str:
+    """Mean over seeds of `key` at each run's last step (runs from before the key was logged: '-')."""
+    values = []
+    for r in runs:
+        rows = [json.loads(line) for line in (arm_dir / f"seed_{r['config']['seed']}" / "metrics.jsonl").read_text()
+                .splitlines() if line.strip()]
+        last = [row[key] for row in rows if key in row]
+        if last:
+            values.append(last[-1])
+    return f"{statistics.mean(values):.2f}" if values else "-"
+
+
 def reward_delta(start: dict, run: dict, split: str) -> float:
     """Change of the first attempt's mean reward (the dense signal under a success rate stuck at 0)."""
     return run["evals"][-1][f"{split}/reward@1"] - start[f"{split}/reward@1"]
@@ -207,6 +225,14 @@ def write_points_report(root: Path, study: PointsStudyConfig) -> None:
             ends = [r["evals"][-1] for r in runs]
             lines.append(f"- {arm_label(arm)}: {100 * statistics.mean(e['ood/numbers_stated_rule'] for e in ends):.1f}%"
                          f" / {100 * statistics.mean(e['ood/numbers_id_rule'] for e in ends):.1f}%")
+    lines += ["", "Training first-attempt reward (sampled) at the first and the last RL step, mean over seeds; a group "
+              "whose episodes all earn the same reward has zero advantages and teaches nothing:", ""]
+    for arm, runs in arms.items():
+        if runs and arm != "sft":
+            curves = [train_curve(root / arm / f"seed_{r['config']['seed']}") for r in runs]
+            lines.append(f"- {arm_label(arm)}: {statistics.mean(c[0] for c in curves):+.2f} -> "
+                         f"{statistics.mean(c[-1] for c in curves):+.2f}; episode reward sd within groups at the last "
+                         f"step: {_last(root / arm, runs, 'reward/group_std')}")
     lines += ["", f"First-attempt mean reward at the start: ID {start['id/reward@1']:+.2f}, "
               f"OOD {start['ood/reward@1']:+.2f}."]
     if "ood/no_formula@1" in start:
@@ -222,25 +248,27 @@ def write_points_report(root: Path, study: PointsStudyConfig) -> None:
 
 
 def plot_curves(start: dict, arms: dict[str, list[dict]], png: Path) -> None:
-    """ID and OOD success@1 (and OOD success@5) against tokens processed; mean over seeds at each evaluation."""
+    """ID and OOD success@1, OOD success@5 and the first attempt's mean reward against tokens processed; mean over
+    seeds at each evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["id/success@1", "ood/success@1", f"ood/success@{max(TURNS_REPORTED)}"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
+    keys = ["id/success@1", "ood/success@1", f"ood/success@{max(TURNS_REPORTED)}", "id/reward@1", "ood/reward@1"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6))
     for ax, key in zip(axes, keys):
         for arm, runs in arms.items():
             if not runs or key not in start:
                 continue
             n = min(len(r["evals"]) for r in runs)
             xs = [0] + [statistics.mean(r["evals"][i]["compute/tokens"] for r in runs) for i in range(n)]
-            ys = [100 * start[key]] + [100 * statistics.mean(r["evals"][i].get(key, 0) for r in runs) for i in range(n)]
+            scale = 100 if "success" in key else 1
+            ys = [scale * start[key]] + [scale * statistics.mean(r["evals"][i][key] for r in runs) for i in range(n)]
             ax.plot(xs, ys, marker="o", label=arm_label(arm), linestyle="--" if arm == "sft" else "-")
         ax.set_title(key)
         ax.set_xlabel("tokens processed (forward + backward)")
-        ax.set_ylabel("success (%)")
+        ax.set_ylabel("success (%)" if "success" in key else "mean first-attempt reward")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
