@@ -171,6 +171,9 @@ def test_study_report_counts_seeds_from_the_runs(tmp_path):
             d.mkdir(parents=True)
             d.joinpath("summary.json").write_text(json.dumps(
                 {"config": {"seed": seed}, "evals": [{**keys, "ood/success@1": v, "compute/tokens": 100}]}))
+            d.joinpath("metrics.jsonl").write_text(  # training rows: first-attempt reward -1 then -2 - seed
+                json.dumps({"step": 1, "reward/first_attempt": -1.0, "reward/group_std": 1.0}) + "\n" +
+                json.dumps({"step": 2, "reward/first_attempt": -2.0 - seed, "reward/group_std": 0.5 * seed}) + "\n")
     study = PointsStudyConfig(num_seeds=2, turns="1,2")
     write_points_report(tmp_path, study)
     report = (tmp_path / "report.md").read_text()
@@ -179,4 +182,6 @@ def test_study_report_counts_seeds_from_the_runs(tmp_path):
     assert "| RL, 1 turn(s) | 2 | 100 | +0.0 ± 0.0 | +0.0 ± 17.7 | +0.0 ± 0.0 | +12.5, -12.5 | - |" in report
     assert "RL with 1 turn(s): OOD success@1 change above SFT's in 2/2 seeds" in report
     assert "More turns give more OOD gain: yes (mean OOD change by turns: 1: +0.0, 2: +25.0 points)" in report
+    # Last-step training reward: seeds -2, -3 -> mean -2.50; group spread 0.0, 0.5 -> mean 0.25.
+    assert "- RL, 1 turn(s): -1.00 -> -2.50; episode reward sd within groups at the last step: 0.25" in report
     assert (tmp_path / "curves.png").stat().st_size > 0
