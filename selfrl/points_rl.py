@@ -251,9 +251,11 @@ def evaluate_points(model, tokenizer, task: PointsTask, n_hands: int, turns: int
             if k <= turns:
                 out[f"{key}/success@{k}"] = sum(solved_within(e, k) for e in episodes) / len(episodes)
         out[f"{key}/reward@1"] = sum(e.attempts[0].reward for e in episodes) / len(episodes)
-        out[f"{key}/no_formula@1"] = sum(e.attempts[0].messages == ["no formula found"] for e in episodes) / len(episodes)
+        broken = sum(e.attempts[0].messages == ["no formula found"] for e in episodes)
+        out[f"{key}/no_formula@1"] = broken / len(episodes)
         if key == "ood":
-            bare, _ = play_episodes(model, tokenizer, hands, 1, max_new_tokens, greedy=True, first_prompt=no_rule_prompt)
+            bare, _ = play_episodes(model, tokenizer, hands, 1, max_new_tokens, greedy=True,
+                                    first_prompt=no_rule_prompt)
             out["ood_no_rule/success@1"] = sum(solved_within(e, 1) for e in bare) / len(bare)
             out["ood_no_rule/same_answer"] = sum(a.attempts[0].completion == b.attempts[0].completion
                                                  for a, b in zip(episodes, bare)) / len(bare)

@@ -52,8 +52,8 @@ def scripted_generate(prompts_seen: list[str]):
 
 
 def test_two_steps_multi_turn_loss_sees_model_tokens_only(tiny_points_dir, tmp_path, monkeypatch):
-    seen_prompts, seen_losses = [], []
-    real_policy_loss = core.policy_loss
+    seen_prompts, seen_losses, seen_batches = [], [], []
+    real_policy_loss, real_episode_batch = core.policy_loss, points_rl.episode_batch
 
     def spy(logp, old_logp, advantages, mask, **kw):
         seen_losses.append((mask.clone(), advantages.clone()))
@@ -62,9 +62,12 @@ def test_two_steps_multi_turn_loss_sees_model_tokens_only(tiny_points_dir, tmp_p
     hand = HAND  # every training episode plays this hand
     assert score(hand, WRONG)[0] == -1
     real_hands = PointsTask.hands
-    monkeypatch.setattr(PointsTask, "hands", lambda self, split: [hand] * 8 if split == "train" else real_hands(self, split))
+    monkeypatch.setattr(PointsTask, "hands",
+                        lambda self, split: [hand] * 8 if split == "train" else real_hands(self, split))
     monkeypatch.setattr(points_rl, "generate", scripted_generate(seen_prompts))
     monkeypatch.setattr(core, "policy_loss", spy)
+    monkeypatch.setattr(points_rl, "episode_batch", lambda eps, pad: seen_batches.append(real_episode_batch(eps, pad))
+                        or seen_batches[-1])
     cfg = PointsConfig(model_name_or_path=str(tiny_points_dir), output_dir=str(tmp_path / "run"), max_steps=2,
                        hands_per_step=1, num_generations=2, max_turns=3, eval_points=1, eval_hands=2, eval_turns=1,
                        max_completion_length=8, save_model=True).validate()
@@ -88,6 +91,7 @@ def test_two_steps_multi_turn_loss_sees_model_tokens_only(tiny_points_dir, tmp_p
                              [points_rl.Attempt(WRONG, -1, score(hand, WRONG)[1]),
                               points_rl.Attempt(correct, 5, ["Correct solution"])], tok)
     ids = torch.tensor(row.input_ids)
+    assert torch.equal(seen_batches[0]["input_ids"][1], ids)  # the batch the loss ran on holds exactly this episode
     mask = seen_losses[0][0][1]  # (T-1,) row 1 of step 1: the shifted mask the loss used
     picked = ids[1:][mask[: len(ids) - 1].bool()]
     assert tok.decode(picked, skip_special_tokens=False) == WRONG + tok.eos_token + correct + tok.eos_token

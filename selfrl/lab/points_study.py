@@ -71,8 +71,9 @@ def start_path(base: PointsConfig) -> str:
         return base.model_name_or_path
     from selfrl.points_organism import PointsOrganismSpec, points_organism_path
 
-    return str(points_organism_path(PointsOrganismSpec(sft_max_steps=base.warmup_max_steps, id_share=base.warmup_id_share,
-                                                       target_accuracy=base.warmup_target_accuracy)))
+    spec = PointsOrganismSpec(sft_max_steps=base.warmup_max_steps, id_share=base.warmup_id_share,
+                              target_accuracy=base.warmup_target_accuracy)
+    return str(points_organism_path(spec))
 
 
 def _run(cfg: PointsConfig) -> dict:
