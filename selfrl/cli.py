@@ -1,4 +1,5 @@
-"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth, evolve, organism."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth, evolve, organism,
+points, points-study."""
 from __future__ import annotations
 
 import argparse
@@ -192,6 +193,23 @@ def cmd_organism(args) -> None:
           f"{stats['sft_steps']} SFT steps, holdout accuracy {stats['holdout_accuracy']:.3f}; written to {args.out}")
 
 
+def cmd_points(args) -> None:
+    from selfrl.points_rl import load_points_config, train_points
+
+    cfg = load_points_config(args.config, args.set)
+    evals = train_points(cfg)["evals"]
+    last = evals[-1] if evals else {}
+    print(f"{cfg.method}: id/success@1 {last.get('id/success@1')}, ood/success@1 {last.get('ood/success@1')} after "
+          f"{last.get('compute/tokens')} tokens; written: {cfg.output_dir}/summary.json")
+
+
+def cmd_points_study(args) -> None:
+    from selfrl.lab.points_study import run_points_study
+
+    out = run_points_study(args.config, args.out, args.set, args.report_only, args.seed)
+    print(f"written: {out / 'report.md'}, {out / 'curves.png'}, {out / 'summary.json'}")
+
+
 def cmd_config(args) -> None:
     from selfrl.grpo_config import Config, field_docs, load_config
 
@@ -295,6 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the organism's spec "
                    "(hidden_size, num_hidden_layers, sft_max_steps, target_accuracy, ...; repeatable)")
     o.set_defaults(func=cmd_organism)
+    pt = sub.add_parser("points", help="GeneralPoints: multi-turn RL with verifier feedback, or more SFT (docs/points.md)")
+    pt.add_argument("config", nargs="?", help="YAML file of points config fields (selfrl/points_rl.py)")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a points config field (repeatable)")
+    pt.set_defaults(func=cmd_points)
+    ps = sub.add_parser("points-study", help="SFT vs RL from one card-game start, at matched compute (docs/points.md)")
+    ps.add_argument("config", nargs="?", help="study YAML (selfrl/lab/points_study.py; default: built-in defaults)")
+    ps.add_argument("--out", help="study directory (default: the file's output_dir)")
+    ps.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study field (repeatable)")
+    ps.add_argument("--report-only", action="store_true", help="train nothing; report on the runs that exist")
+    ps.add_argument("--seed", type=int, help="run this seed's arms only (the report still covers all)")
+    ps.set_defaults(func=cmd_points_study)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -28,7 +28,7 @@ def sft_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor
     return {"input_ids": ids, "attention_mask": ids != tokenizer.pad_token_id, "labels": labels}
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator, max_steps: int | None, epochs: int | None):
+def sft_batches(n: int, batch_size: int, gen: torch.Generator, max_steps: int | None, epochs: int | None):
     """Index lists: max_steps batches drawn with replacement, or `epochs` passes over a fresh shuffle each."""
     if max_steps is not None:
         for _ in range(max_steps):
@@ -57,7 +57,7 @@ def sft(model, tokenizer, pairs: list[tuple[str, str]], *, learning_rate: float,
     gen = torch.Generator().manual_seed(seed)
     total = max_steps if max_steps is not None else epochs * -(-len(pairs) // batch_size)
     acc, loss, step = None, float("nan"), 0
-    bar = tqdm(_batches(len(pairs), batch_size, gen, max_steps, epochs), total=total, desc=desc, disable=not progress)
+    bar = tqdm(sft_batches(len(pairs), batch_size, gen, max_steps, epochs), total=total, desc=desc, disable=not progress)
     model.train()
     for step, idx in enumerate(bar, start=1):
         batch = {k: v.to(device) for k, v in sft_batch(tokenizer, [pairs[i] for i in idx]).items()}

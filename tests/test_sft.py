@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from selfrl.organism import OrganismSpec, build_model, build_tokenizer
-from selfrl.sft import _batches, sft, sft_batch
+from selfrl.sft import sft_batches, sft, sft_batch
 
 
 def test_labels_cover_the_completion_and_eos_only():
@@ -19,7 +19,7 @@ def test_labels_cover_the_completion_and_eos_only():
 
 def test_epochs_visit_every_pair_once_per_epoch():
     gen = torch.Generator().manual_seed(0)
-    seen = [i for idx in _batches(7, 3, gen, None, 2) for i in idx]
+    seen = [i for idx in sft_batches(7, 3, gen, None, 2) for i in idx]
     # 7 pairs in batches of 3 -> 3 batches an epoch (3, 3, 1); 2 epochs -> each index exactly twice
     assert sorted(seen) == sorted(list(range(7)) * 2)
 
