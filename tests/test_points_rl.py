@@ -113,9 +113,9 @@ def test_sft_schedule_counts_the_real_batches():
     # of 50 is reached after the draws sum to >= 50: the schedule's cumulative counts must be 2 * running sums.
     cfg = PointsConfig(method="sft", compute_budget=50, per_device_train_batch_size=1, eval_points=2, seed=3)
     steps, cumulative, marks = sft_schedule([10, 20], cfg)
-    from selfrl.sft import _batches
+    from selfrl.sft import sft_batches
 
-    draws = [i[0] for i in _batches(2, 1, torch.Generator().manual_seed(3), steps, None)]
+    draws = [i[0] for i in sft_batches(2, 1, torch.Generator().manual_seed(3), steps, None)]
     running = [2 * sum([10, 20][d] for d in draws[: s + 1]) for s in range(steps)]
     assert cumulative == running and cumulative[-1] >= 50 and cumulative[-2] < 50
     assert marks[-1] == steps and cumulative[marks[0] - 1] >= 25 and (marks[0] == 1 or cumulative[marks[0] - 2] < 25)
