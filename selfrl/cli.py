@@ -1,4 +1,4 @@
-"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth."""
+"""The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth, seal."""
 from __future__ import annotations
 
 import argparse
@@ -177,6 +177,16 @@ def cmd_synth(args) -> None:
           f"(report: {cfg.output_dir}/report.md)")
 
 
+def cmd_seal(args) -> None:
+    from selfrl.seal import load_seal_config, run_seal
+
+    cfg = load_seal_config(args.config, args.set)
+    out = run_seal(cfg)
+    print(f"SEAL run {cfg.output_dir}: promoted round {out['promoted']}; "
+          + "; ".join(f"round {s['round']} kept {s['kept']}/{s['contexts']}, mean gain {s['mean_gain']:+.3f}"
+                      for s in out["rounds"]))
+
+
 def cmd_config(args) -> None:
     from selfrl.grpo_config import Config, field_docs, load_config
 
@@ -267,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("config", nargs="?", help="YAML file of synth config fields (docs/synth.md; default: built-in defaults)")
     sy.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a synth config field (repeatable)")
     sy.set_defaults(func=cmd_synth)
+    se = sub.add_parser("seal", help="SEAL: self-edits kept by the accuracy gain they cause (ReST^EM), resumable")
+    se.add_argument("config", nargs="?", help="YAML file of seal config fields (docs/seal.md; default: built-in defaults)")
+    se.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a seal config field (repeatable)")
+    se.set_defaults(func=cmd_seal)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
