@@ -359,11 +359,21 @@ def rest_em_pairs(records: list[dict], ctxs: list[dict], cfg: SealConfig) -> lis
 
 
 def load_generator(cfg: SealConfig, path: str | None = None):
+    """(model, tokenizer) of the facts organism, `cfg.model`, or a saved round's generator."""
     from selfrl.models import load_model, resolve_device
 
     if path is None:
         path = str(facts.facts_organism_path(progress=cfg.progress)) if cfg.model == "facts" else cfg.model
-    return load_model(path, resolve_device(cfg.device), cfg.dtype)
+    model, tokenizer = load_model(path, resolve_device(cfg.device), cfg.dtype)
+    config_file = Path(path) / "tokenizer_config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("tokenizer_class") == "TokenizersBackend":
+        # A character-level tokenizer saved from a bare `tokenizers` object (selfrl/organism.py). transformers 5's
+        # AutoTokenizer loads it as the model type's class (Qwen2Tokenizer), whose byte-level pre-tokenizer drops
+        # every space and newline; the facts organism's text is made of them. Loaded as itself, it round-trips.
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    return model, tokenizer
 
 
 def _start(cfg: SealConfig) -> Path:

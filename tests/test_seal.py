@@ -11,6 +11,7 @@ import torch
 from selfrl import config, seal
 from selfrl.cli import main
 from selfrl.organism import OrganismSpec, build_model, build_tokenizer
+from selfrl.sft import sft
 from selfrl.tasks import facts
 
 TINY = OrganismSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, seed=0)
@@ -214,3 +215,58 @@ def test_seal_style_runs_on_a_tiny_local_qwen2_with_a_peft_lora(tmp_path):
 
     a, b = load_file(model_dir / "model.safetensors"), load_file(tmp_path / "run/round_1/model/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # LoRA unloaded, no outer SFT
+
+
+def test_the_ladder_runs_on_a_finished_run_and_writes_its_table_and_plot(tmp_path):
+    """A 1-round run on the untrained tiny model, then the ladder on 2 test contexts and 2 sequential edits: every
+    row is there; an untrained model knows no fact, so "no update" is 0."""
+    from selfrl.lab import seal_ladder
+
+    model_dir, ctx_file = tiny_dir(tmp_path), contexts_file(tmp_path, 2)
+    cfg = cfg_of(model=str(model_dir), contexts_file=str(ctx_file), num_contexts=2, num_generations=1,
+                 max_completion_length=16, inner_seeds=1, inner_epochs=1, rounds=1, device="cpu",
+                 lora_target_modules="all-linear", question_template=None, output_dir=str(tmp_path / "run"))
+    seal.run_seal(cfg)
+    assert seal_ladder.main([str(tmp_path / "run"), "--contexts", "2", "--seeds", "0", "--forgetting-edits", "2"]) == 0
+    out = json.loads((tmp_path / "run/ladder.json").read_text())
+    assert list(out["rows"]) == ["no update", "passage only", "passage + untrained self-edits",
+                                 "passage + SEAL round 1 edits", "passage + oracle rewrites"]
+    assert out["rows"]["no update"] == [0.0]
+    assert len(out["forgetting"]["first_context"]) == 3 and len(out["forgetting"]["mean_so_far"]) == 2
+    assert (tmp_path / "run/ladder.png").stat().st_size > 0
+
+
+def test_a_regressed_generator_is_not_promoted_and_the_next_round_starts_from_the_last_promoted(tmp_path):
+    """The tiny model first memorises the questions of 3 warm-up contexts (SFT); the probes are those it answers
+    right, so the start model scores 1.0 on them (checked in safety_baseline.json). An outer SFT at lr 1e-2 on every
+    edit (the stub gain keeps all) overwrites that memory, so with tolerance 0 round 1 regresses: it is saved, not
+    promoted, and round 2 samples its edits from the start model again (the very edits the start model draws with
+    round 2's seed)."""
+    from selfrl.evaluate import greedy_completions
+
+    model, tok = tiny_model()
+    qa = [(facts.question_prompt(q["question"]), q["answer"]) for c in facts.contexts("warmup", 3) for q in c["questions"]]
+    sft(model, tok, qa, learning_rate=1e-2, batch_size=8, max_steps=150, progress=False)
+    task = facts.FactsTask()
+    got = [task.extract_answer(t) for t in greedy_completions(model, tok, [p for p, _ in qa], 8)]
+    probes = [{"prompt": p[3:-4], "expect": "exact", "answer": a} for (p, a), g in zip(qa, got) if g == a]
+    assert len(probes) >= 5
+    probe_file = tmp_path / "probes.jsonl"
+    probe_file.write_text("".join(json.dumps(p) + "\n" for p in probes))
+    model_dir = tmp_path / "start"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    ctx_file = contexts_file(tmp_path, 3)
+    cfg = cfg_of(model=str(model_dir), contexts_file=str(ctx_file), num_contexts=3, num_generations=2,
+                 max_completion_length=16, rounds=2, device="cpu", learning_rate=1e-2, num_train_epochs=10,
+                 question_template=None, probes=str(probe_file), probe_tolerance=0.0, output_dir=str(tmp_path / "run"))
+    out = seal.run_seal(cfg, gain_fn=lambda *a: 1.0)
+    run = tmp_path / "run"
+    assert json.loads((run / "safety_baseline.json").read_text()) == {"exact": 1.0}
+    first = out["rounds"][0]
+    assert first["kept"] == 3 and first["promoted"] is False and first["safety/exact"] < 1.0
+    assert (run / "round_1/model/model.safetensors").is_file()
+    ctx0 = seal.load_contexts(ctx_file)[0]
+    start_edits = seal.write_edits(model, tok, ctx0, cfg, seal.run_seed(cfg.seed, 2, 0))
+    assert json.loads((run / f"round_2/contexts/{ctx0['id']}.json").read_text())["edits"] == start_edits
+    assert out["promoted"] == (2 if out["rounds"][1]["promoted"] else 0)
