@@ -18,7 +18,9 @@ What the organism's warm-up saw (`warmup_pairs`), on WARMUP_ENTITIES entities di
   1. each entity's passage as plain text (loss on all of it), its facts in the passage surface forms;
   2. each canonical statement "the A of E is V." as plain text (the form an edit writes);
   3. every fact asked back in both question forms, "what is the A of E?" and "E has what A?", loss on the answer;
-  4. passage -> rewrite: the edit prompt `EDIT_TEMPLATE` with the passage, loss on the oracle rewrite.
+  4. passage -> rewrite: the edit prompt `EDIT_TEMPLATE` with the passage, loss on the oracle rewrite (each such
+     pair `FactsSpec.rewrite_repeats` times).
+All as (prompt, completion) pairs through selfrl/sft.py, `sft_max_steps` random batches of `sft_batch_size`.
 Without (4) the model could not write an edit; without (3) on facts it also read as statements, training on
 statements would not carry over to answers (issue 17). Held-out entities it never saw: it can only guess their
 values, and the inner update is what can teach them.
@@ -101,8 +103,9 @@ def question_prompt(question: str) -> str:
     return QUESTION_TEMPLATE.format(question=question)
 
 
-def warmup_pairs() -> list[tuple[str, str]]:
-    """The organism's SFT data (module docstring, items 1-4), on the warm-up entities only."""
+def warmup_pairs(rewrite_repeats: int = 1) -> list[tuple[str, str]]:
+    """The organism's SFT data (module docstring, items 1-4), on the warm-up entities only; each passage -> rewrite
+    pair `rewrite_repeats` times."""
     pairs: list[tuple[str, str]] = []
     for c in contexts("warmup"):
         e = c["title"]
@@ -110,7 +113,7 @@ def warmup_pairs() -> list[tuple[str, str]]:
         for a, v in c["facts"]:
             pairs.append(("", CANONICAL.format(a=a, e=e, v=v)))
             pairs.extend((question_prompt(f.format(a=a, e=e)), v) for f in QUESTION_FORMS)
-        pairs.append((edit_prompt(c["passage"]), c["rewrite"]))
+        pairs.extend([(edit_prompt(c["passage"]), c["rewrite"])] * rewrite_repeats)
     return pairs
 
 
@@ -156,6 +159,9 @@ class FactsSpec:
     sft_learning_rate: float = 2e-3
     sft_batch_size: int = 32
     sft_max_steps: int = 800
+    rewrite_repeats: int = 1
+    """Copies of each passage -> rewrite pair: copying a name never seen is the hard part of writing an edit, and
+    with 1 copy (about 6% of the pairs) 800 steps left the generator writing other names (docs/seal.md)."""
     seed: int = 0
 
     def key(self) -> str:
@@ -171,7 +177,7 @@ def train_facts_organism(spec: FactsSpec, out_dir: Path, progress: bool = True) 
 
     tokenizer = build_tokenizer(CHARS)
     model = build_model(spec, len(tokenizer), spec.max_positions)
-    out = sft(model, tokenizer, warmup_pairs(), learning_rate=spec.sft_learning_rate, batch_size=spec.sft_batch_size,
+    out = sft(model, tokenizer, warmup_pairs(spec.rewrite_repeats), learning_rate=spec.sft_learning_rate, batch_size=spec.sft_batch_size,
               max_steps=spec.sft_max_steps, seed=spec.seed, progress=progress, desc="facts organism SFT")
     task = FactsTask()
     seen = [(q["question"], q["answer"]) for c in contexts("warmup", 100) for q in c["questions"]]
