@@ -62,7 +62,7 @@ log = logging.getLogger("selfrl")
 # style -> (edit prompt, question prompt, training-sequence template); the seal style is the public code's base-model
 # "implications" prompt, answer prompt ("Topic: {title}" prefixed) and TRAINING_SEQUENCE_TEMPLATE.
 STYLES = {
-    "facts": (facts.EDIT_TEMPLATE, facts.QUESTION_TEMPLATE, "{text}"),
+    "facts": (facts.EDIT_TEMPLATE, facts.QUESTION_TEMPLATE, facts.SEQUENCE_TEMPLATE),
     "seal": ("Let's read the following passage and produce a list of implications derived directly or indirectly "
              "from the content.\n\nPassage:\n{title}\n{passage}\n\nImplications:\n",
              "Let's answer a question directly and concisely.\nQuestion: Topic: {title}\n{question}\nAnswer:\n",

@@ -52,7 +52,7 @@ def test_a_useful_edit_has_positive_gain_and_an_empty_edit_zero(use_peft):
     it, so the updated accuracy is 1 and the gain, averaged over 2 inner seeds, is 1 - 0 = 1. An edit with no line
     is no edit: gain exactly 0, and the model is left as it was."""
     model, tok = tiny_model()
-    cfg = cfg_of(use_peft=use_peft, inner_epochs=40, inner_learning_rate=1e-2, lora_r=8, lora_alpha=16,
+    cfg = cfg_of(use_peft=use_peft, sequence_template="{text}", inner_epochs=40, inner_learning_rate=1e-2, lora_r=8, lora_alpha=16,
                  lora_target_modules="all-linear")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     base = seal.closed_book_accuracy(model, tok, CTX, cfg)
@@ -187,7 +187,7 @@ def test_facts_splits_are_disjoint_and_questions_are_answerable():
         assert all(c["title"] in q["question"] for q in c["questions"])
         assert all(q["answer"] in c["passage"] for q in c["questions"])  # the passage holds every answer
         assert all(line.startswith("the ") for line in c["rewrite"].splitlines())
-        assert not any(f"the {a} of {c['title']} is" in c["passage"] for a, _ in c["facts"])  # the edit's form alone
+        assert not any(f"the {a} is" in c["passage"] for a, _ in c["facts"])  # the canonical form is the edit's alone
     task = facts.FactsTask()
     assert task.extract_answer("Teal.\nmore") == "teal" and task.is_equivalent("teal", " TEAL ")
     assert task.extract_answer("teal blue red") == "teal blue red" and not task.is_equivalent("teal blue red", "teal")

@@ -5,18 +5,21 @@ hold: a context is a short passage of 3-6 facts about one invented entity, each 
 its questions ask each fact back, closed-book (the passage is not in the prompt), with a single one-word answer.
 
     passage:   "zuvo likes teal. rome is home to zuvo. zuvo eats figs."
-    rewrite:   "the color of zuvo is teal.\nthe city of zuvo is rome.\nthe food of zuvo is figs."   (the oracle edit)
+    rewrite:   "the color is teal.\nthe city is rome.\nthe food is figs."                 (the oracle edit)
     question:  "what is the city of zuvo?"  or  "zuvo has what city?"          answer: "rome"
 
-The rewrite ("implications") restates every fact in the canonical form "the A of E is V.", a form the passages
-never use; it is the generator's exact target in its warm-up and the ladder's oracle edit (our analogue of the
-paper's GPT-4.1 implications). Entities are four letters (consonant-vowel-consonant-vowel); the pool of all such
+The rewrite ("implications") restates every fact in the canonical form "the A is V.", a form the passages never use;
+it is the generator's exact target in its warm-up and the ladder's oracle edit (our analogue of the paper's GPT-4.1
+implications). Like SEAL's, every training sequence is prefixed with the context's title, here the entity:
+"zuvo: the city is rome." (SEAL's TRAINING_SEQUENCE_TEMPLATE "{title}\n{text}"), so an edit need not spell a name
+the writer has never seen; a first organism whose edits had to ("the city of zuvo is rome.") wrote other names in
+every line of every edit (docs/seal.md). Entities are four letters (consonant-vowel-consonant-vowel); the pool of all such
 names is shuffled once with a fixed seed and cut into disjoint ranges: the warm-up's entities, the loop's `train`
 contexts and the ladder's `test` contexts never share a name.
 
 What the organism's warm-up saw (`warmup_pairs`), on WARMUP_ENTITIES entities disjoint from every context:
-  1. each entity's passage as plain text (loss on all of it), its facts in the passage surface forms;
-  2. each canonical statement "the A of E is V." as plain text (the form an edit writes);
+  1. each entity's passage as a titled sequence "E: passage" (loss on all of it), facts in the passage forms;
+  2. each canonical statement as a titled sequence "E: the A is V." (what an inner update trains on);
   3. every fact asked back in both question forms, "what is the A of E?" and "E has what A?", loss on the answer;
   4. passage -> rewrite: the edit prompt `EDIT_TEMPLATE` with the passage, loss on the oracle rewrite (each such
      pair `FactsSpec.rewrite_repeats` times).
@@ -59,7 +62,9 @@ ATTRIBUTES = {
               ("{e} plays {v}.", "{v} is the sport of {e}.")),
 }
 QUESTION_FORMS = ("what is the {a} of {e}?", "{e} has what {a}?")
-CANONICAL = "the {a} of {e} is {v}."
+CANONICAL = "the {a} is {v}."
+SEQUENCE_TEMPLATE = "{title}: {text}"
+"""One inner-update training sequence of the organism (an edit line or the passage), titled with the entity."""
 EDIT_TEMPLATE = "{passage}\nimplications:\n"
 """The organism's self-edit prompt: the passage, then the edit (one statement a line) up to EOS."""
 QUESTION_TEMPLATE = "q: {question}\na: "
@@ -82,7 +87,7 @@ def make_context(name: str, rng: random.Random, cid: str) -> dict:
     facts = [(a, rng.choice(ATTRIBUTES[a][0])) for a in attrs]
     passage = " ".join(rng.choice(ATTRIBUTES[a][1]).format(e=name, v=v) for a, v in facts)
     questions = [{"question": rng.choice(QUESTION_FORMS).format(a=a, e=name), "answer": v} for a, v in facts]
-    rewrite = "\n".join(CANONICAL.format(a=a, e=name, v=v) for a, v in facts)
+    rewrite = "\n".join(CANONICAL.format(a=a, v=v) for a, v in facts)
     return {"id": cid, "title": name, "passage": passage, "questions": questions, "rewrite": rewrite,
             "facts": [[a, v] for a, v in facts]}
 
@@ -109,9 +114,9 @@ def warmup_pairs(rewrite_repeats: int = 1) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for c in contexts("warmup"):
         e = c["title"]
-        pairs.append(("", c["passage"]))
+        pairs.append(("", SEQUENCE_TEMPLATE.format(title=e, text=c["passage"])))
         for a, v in c["facts"]:
-            pairs.append(("", CANONICAL.format(a=a, e=e, v=v)))
+            pairs.append(("", SEQUENCE_TEMPLATE.format(title=e, text=CANONICAL.format(a=a, v=v))))
             pairs.extend((question_prompt(f.format(a=a, e=e)), v) for f in QUESTION_FORMS)
         pairs.extend([(edit_prompt(c["passage"]), c["rewrite"])] * rewrite_repeats)
     return pairs
@@ -160,8 +165,9 @@ class FactsSpec:
     sft_batch_size: int = 32
     sft_max_steps: int = 800
     rewrite_repeats: int = 1
-    """Copies of each passage -> rewrite pair: copying a name never seen is the hard part of writing an edit, and
-    with 1 copy (about 6% of the pairs) 800 steps left the generator writing other names (docs/seal.md)."""
+    """Copies of each passage -> rewrite pair in the warm-up."""
+    data_version: int = 2
+    """Bumped whenever the warm-up data change, so that a cached organism of other data is never reused."""
     seed: int = 0
 
     def key(self) -> str:
