@@ -1,5 +1,5 @@
 """The `selfrl` command line: train, eval, probe, export, demo, safety-demo, report, study, synth, evolve, organism,
-points, points-study."""
+points, points-study, seal."""
 from __future__ import annotations
 
 import argparse
@@ -210,6 +210,16 @@ def cmd_points_study(args) -> None:
     print(f"written: {out / 'report.md'}, {out / 'curves.png'}, {out / 'summary.json'}")
 
 
+def cmd_seal(args) -> None:
+    from selfrl.seal import load_seal_config, run_seal
+
+    cfg = load_seal_config(args.config, args.set)
+    out = run_seal(cfg)
+    print(f"SEAL run {cfg.output_dir}: promoted round {out['promoted']}; "
+          + "; ".join(f"round {s['round']} kept {s['kept']}/{s['contexts']}, mean gain {s['mean_gain']:+.3f}"
+                      for s in out["rounds"]))
+
+
 def cmd_config(args) -> None:
     from selfrl.grpo_config import Config, field_docs, load_config
 
@@ -324,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--report-only", action="store_true", help="train nothing; report on the runs that exist")
     ps.add_argument("--seed", type=int, help="run this seed's arms only (the report still covers all)")
     ps.set_defaults(func=cmd_points_study)
+    se = sub.add_parser("seal", help="SEAL: self-edits kept by the accuracy gain they cause (ReST^EM), resumable")
+    se.add_argument("config", nargs="?", help="YAML file of seal config fields (docs/seal.md; default: built-in defaults)")
+    se.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a seal config field (repeatable)")
+    se.set_defaults(func=cmd_seal)
     c = sub.add_parser("config", help="print every config field with its value and meaning")
     c.add_argument("config", nargs="?", help="YAML file to resolve (default: the built-in defaults)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
