@@ -192,10 +192,17 @@ def train_task_organism(task, spec: OrganismSpec, out_dir: Path, progress: bool 
     longest = max(len(q) + len(c) for q, c in train_pairs) + 1  # characters are tokens; +1 for EOS
     model = build_model(spec, len(tokenizer), max_positions=max(64, 2 * longest))
     new_tokens = max(len(c) for _, c in pairs) + 4
-    out = sft(model, tokenizer, train_pairs, learning_rate=spec.sft_learning_rate, batch_size=spec.sft_batch_size,
-              max_steps=spec.sft_max_steps, seed=spec.seed, eval_every=spec.sft_eval_every,
-              evaluate=lambda: greedy_accuracy(model, tokenizer, task, holdout, new_tokens)[0],
-              stop_at=spec.target_accuracy, progress=progress, desc="organism SFT")
+    # One thread, whatever the machine: CPU matmuls round differently at other thread counts, and a cached organism
+    # keyed by its spec must be the same model on every machine (it was 0.480 vs 0.494 holdout at 2 vs 1 threads).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = sft(model, tokenizer, train_pairs, learning_rate=spec.sft_learning_rate, batch_size=spec.sft_batch_size,
+                  max_steps=spec.sft_max_steps, seed=spec.seed, eval_every=spec.sft_eval_every,
+                  evaluate=lambda: greedy_accuracy(model, tokenizer, task, holdout, new_tokens)[0],
+                  stop_at=spec.target_accuracy, progress=progress, desc="organism SFT")
+    finally:
+        torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
