@@ -23,16 +23,13 @@ an accuracy near 0.4) and `test` (labelled, evaluation only).
 from __future__ import annotations
 
 import random
-import re
 
-from selfrl.errors import TaskError
-from selfrl.tasks import Task
+from selfrl.tasks import unique_splits
+from selfrl.tasks.arith import ArithTask
 
-SPLIT_SIZES = {"sft": 40000, "train": 4000, "val": 512, "test": 1000}
+SPLIT_SIZES = {"sft": 40000, "train": 4000, "val": 512, "test": 1000, "stop": 400}  # "stop" last: the others unchanged
 DATA_SEED = 20260114
 OPERANDS = 4
-# re.ASCII: without it \d takes fullwidth and other-script digits, which int() would quietly accept.
-_ANSWER = re.compile(r"=\s*(-?\d+)\s*$", re.ASCII)
 
 
 def worked_solution(operands: list[int], order: list[int]) -> str:
@@ -62,48 +59,13 @@ def _problem(rng: random.Random) -> tuple[str, str, str]:
 
 def make_splits(seed: int = DATA_SEED) -> dict[str, list[tuple[str, str, str]]]:
     """{split: [(question, worked completion along a random path, answer)]} with no question in two splits."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    splits = {}
-    for name, size in SPLIT_SIZES.items():
-        rows = []
-        while len(rows) < size:
-            q, completion, ans = _problem(rng)
-            if q not in seen:
-                seen.add(q)
-                rows.append((q, completion, ans))
-        splits[name] = rows
-    return splits
+    return unique_splits(SPLIT_SIZES, _problem, seed)
 
 
-class SumsTask(Task):
+class SumsTask(ArithTask):
+    """Answers are read and compared as arith's (the final '=<integer>'); only the data differ."""
+
     name = "sums"
 
     def __init__(self) -> None:
         self._splits = make_splits()
-
-    def extract_answer(self, completion: str) -> str | None:
-        # Only the final '=<integer>' counts. A bounded tail: model output is untrusted and may be long, and 64
-        # characters bound int() far below Python's int-string limit (as in arith).
-        if not isinstance(completion, str):
-            return None
-        m = _ANSWER.search(completion[-64:])
-        return str(int(m.group(1))) if m else None
-
-    def is_equivalent(self, a: str, b: str) -> bool:
-        return a.strip() == b.strip()
-
-    def train_prompts(self) -> list[str]:
-        return [q for q, _, _ in self._splits["train"]]
-
-    def train_answers(self) -> list[str]:
-        return [a for _, _, a in self._splits["train"]]
-
-    def eval_examples(self, split: str) -> list[tuple[str, str]]:
-        if split not in ("val", "test"):
-            raise TaskError(f"task 'sums' has labelled splits 'val' and 'test', not {split!r}")
-        return [(q, a) for q, _, a in self._splits[split]]
-
-    def sft_examples(self) -> list[tuple[str, str]]:
-        """Labelled warm-up pairs (question, worked completion) for the model organism's SFT start."""
-        return [(q, c) for q, c, _ in self._splits["sft"]]
