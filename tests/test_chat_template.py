@@ -76,7 +76,8 @@ def test_training_and_evaluation_encode_rendered_prompts(tiny_model_dir, tmp_pat
     monkeypatch.setattr(selfrl.grpo, "encode_prompts", recording("train", selfrl.grpo.encode_prompts))
     monkeypatch.setattr(selfrl.evaluate, "encode_prompts", recording("eval", selfrl.evaluate.encode_prompts))
     train(load_config(None, tiny_sets(model, tmp_path / "run", max_steps=1, method="srt")))
-    assert len(seen["train"]) == 4 and len(seen["eval"]) == 2 * 16  # 4 prompts x 1 step; 16 val examples x 2 evals
+    # 4 prompts x 1 step; 16 val examples x 2 evaluations x (greedy + the k samples of val/mean@k, one encode)
+    assert len(seen["train"]) == 4 and len(seen["eval"]) == 2 * 16 * 2
     for text in seen["train"] + seen["eval"]:
         assert text.startswith("#") and text.endswith("=;="), text
     seen["train"].clear()
