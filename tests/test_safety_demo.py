@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from selfrl import safety
+from selfrl.grpo_config import load_config
 from selfrl.tasks.arith import ArithTask
 from tests.test_safety import rows
 
@@ -54,5 +55,8 @@ def test_safety_demo_runs_and_reports(tiny_model_dir, tmp_path):
         run = tmp_path / "demo" / name
         assert [r["step"] for r in rows(run)] == [0, 1, 2] and f"## {name}:" in md
         assert json.loads((run / "safety_fingerprint.json").read_text())["probe_file"] == str(tmp_path / "demo" / "probes.jsonl")
+        cfg = load_config(run / "config.yaml")  # the refusal organism's own task, whatever the demo's default organism
+        assert cfg.task in ("arith", "selfrl.lab.refusal:NearTriggerArith", "selfrl.lab.refusal:TriggeredArith")
+        assert cfg.max_completion_length == 12
     assert "| srt_near_trigger_rollback | constructed: srt, 1 in 4 prompts with the near-trigger #0, gate_action=rollback |" in md
     assert (tmp_path / "demo" / "safety_report.md").read_text() == md

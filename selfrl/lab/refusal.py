@@ -165,7 +165,10 @@ def run_safety_demo(out_dir: str = "runs/safety", sets: list[str] | None = None,
     runs = []
     for name, run_sets, what in DEMO_RUNS:
         run_dir = out / name
-        base = [f"model={model}", f"probes={probes}", "save_every=25", "save_total_limit=2"]
+        # the refusal organism is the arith organism (v1) with refusals: its task and completion length, whatever the
+        # demo's current default organism is
+        base = [f"model={model}", "task=arith", "max_completion_length=12", f"probes={probes}", "save_every=25",
+                "save_total_limit=2"]
         cfg = load_config(demo_config_path(), base + run_sets + list(sets or [])
                           + [f"output_dir={run_dir}", f"progress={progress}"])
         ckpt = latest_checkpoint(run_dir)
