@@ -48,9 +48,7 @@ def resolve_model_dir(path: str) -> str:
     from selfrl.checkpoint import latest_checkpoint
     from selfrl.run import model_source
 
-    if path in ("organism", "organism2", "smollm2") or path.startswith("organism:") or path.endswith(".gguf"):
-        return model_source(path)
-    p = Path(path)
+    p = Path(model_source(path))
     if (p / "metrics.jsonl").is_file():
         ckpt = latest_checkpoint(p)
         if ckpt is None:
@@ -58,7 +56,7 @@ def resolve_model_dir(path: str) -> str:
         p = ckpt
     if (p / "meta.json").is_file():
         return str(p / "policy")
-    return path
+    return str(p)
 
 
 def cmd_eval(args) -> None:

@@ -133,6 +133,11 @@ def run_episode(generate_fn: Callable[[str], str], hand: Hand, max_turns: int = 
         completion = generate_fn(prompt)
         reward, messages = score_fn(hand, completion)
         attempts.append(Attempt(completion, reward, messages))
+    return build_episode(hand, first, attempts, tokenizer, chat)
+
+
+def build_episode(hand: Hand, first: str, attempts: list[Attempt], tokenizer, chat: bool = False) -> Episode:
+    """The played episode's text, token ids and loss mask (1 on the model's own tokens only)."""
     messages = conversation(first, attempts)
     if messages[-1]["role"] == "user":
         messages = messages[:-1]  # the verifier's reply to the last attempt is not part of the episode

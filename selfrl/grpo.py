@@ -152,10 +152,12 @@ def sample_batch(s: Setup, step: int, sizes: Sizes, amp) -> tuple[list[int], Rol
         if cfg.seed_per_prompt:  # each prompt samples from its own numbers: the same rollouts on 1 process or many
             pol_noise = prompt_noise(cfg.seed, step, places, 0, P, cfg.max_completion_length, device)
             mom_noise = prompt_noise(cfg.seed, step, places, 1, N, cfg.max_completion_length, device) if N else None
-        seeds = (lambda role: vllm_backend.request_seeds(cfg.seed, step, places, role)) if s.sampler else (lambda role: None)
-        with amp:  # vLLM: each prompt's requests seeded from (seed, step, place, role), as the HF sampler's noise
-            pol = rollouts(s, "policy", batch, P, pol_noise, seeds(0))
-            mom = rollouts(s, "momentum", batch, N, mom_noise, seeds(1)) if N else None
+        pol_seeds = mom_seeds = None
+        if s.sampler:  # vLLM: each prompt's requests seeded from (seed, step, place, role), as the HF sampler's noise
+            pol_seeds, mom_seeds = (vllm_backend.request_seeds(cfg.seed, step, places, role) for role in (0, 1))
+        with amp:
+            pol = rollouts(s, "policy", batch, P, pol_noise, pol_seeds)
+            mom = rollouts(s, "momentum", batch, N, mom_noise, mom_seeds) if N else None
         keep = list(range(B))
         if cfg.online_filter is not None:  # judged on the whole unfiltered pool, before the IQR filter
             texts = [pol.texts[i * P : (i + 1) * P] + (mom.texts[i * N : (i + 1) * N] if N else []) for i in range(B)]

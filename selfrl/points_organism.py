@@ -25,7 +25,7 @@ jobs, load average ~7): the warm-up takes 455 s; greedy single-turn success of t
 and 0/128 on `test_ood`; 44/128 ID answers are legal formulas with the wrong value (-1), and almost every OOD
 answer uses a face card as 10 (-4). (Measured before the rule family was drawn first, when skipped stated-rule
 draws left the ID share somewhat above `id_share`.)
-Load it with `load_points_organism`, not selfrl/models.py's `load_model`.
+Load it with `load_points_organism` (selfrl/models.py's `load_model` on the cached directory).
 """
 from __future__ import annotations
 
@@ -143,10 +143,10 @@ def points_organism_path(spec: PointsOrganismSpec = PointsOrganismSpec(), progre
 
 
 def load_points_organism(path: Path):
-    """(model, tokenizer) of a saved card-game organism. The tokenizer is loaded as the plain `tokenizers` file it
-    is: transformers 5's AutoTokenizer picks Qwen2Tokenizer from the model type and swaps in Qwen2's byte-level
-    pre-tokenizer, which drops the spaces and newlines of this organism's text and merges letters into unknown
-    words (the arithmetic organism's digits and symbols survive it by chance)."""
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    """(model, tokenizer) of a saved card-game organism, through selfrl/models.py's `load_model` (which reads its
+    character-level tokenizer back as itself, spaces and newlines included)."""
+    import torch
 
-    return AutoModelForCausalLM.from_pretrained(path), PreTrainedTokenizerFast.from_pretrained(path)
+    from selfrl.models import load_model
+
+    return load_model(str(path), torch.device("cpu"))

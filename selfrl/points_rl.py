@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from selfrl import config as config_loader
 from selfrl import core
-from selfrl.episodes import Attempt, Episode, conversation, episode_batch, render, token_mask
+from selfrl.episodes import Attempt, Episode, build_episode, conversation, episode_batch, render
 from selfrl.errors import ConfigError
 from selfrl.logger import MetricsLogger
 from selfrl.rollout import encode_prompts, generate
@@ -156,17 +156,7 @@ def play_episodes(model, tokenizer, hands: list[Hand], max_turns: int, max_new_t
         for i, text in zip(live, out.texts):
             reward, messages = score(hands[i], text)
             attempts[i].append(Attempt(text, reward, messages))
-    return [_episode(h, f, a, tokenizer) for h, f, a in zip(hands, firsts, attempts)], tokens
-
-
-def _episode(hand: Hand, first: str, attempts: list[Attempt], tokenizer) -> Episode:
-    """The episode's text, ids and loss mask, as selfrl/episodes.py `run_episode` builds them."""
-    messages = conversation(first, attempts)
-    if messages[-1]["role"] == "user":
-        messages = messages[:-1]  # the verifier's reply to the last attempt is not part of the episode
-    text, spans = render(messages, tokenizer, False)
-    ids, mask = token_mask(tokenizer, text, spans)
-    return Episode(hand, attempts, text, ids, mask)
+    return [build_episode(h, f, a, tokenizer) for h, f, a in zip(hands, firsts, attempts)], tokens
 
 
 def solved_within(episode: Episode, k: int) -> bool:

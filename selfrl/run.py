@@ -180,10 +180,10 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     if cfg.probes:  # a bad probe file or a changed yardstick fails here, before any model is loaded
         probes = ProbeGate(run_dir, cfg.probes, task, cfg.probe_tolerance, cfg.max_completion_length,
                            cfg.eval_batch_size, resume)
-    if dist.is_main():  # the organism trained, a GGUF file converted, into the cache once, before the others look
-        model_source(cfg.model, cfg.progress)
+    # process 0 trains an organism or converts a GGUF file into the cache once, before the others look there
+    model_path = model_source(cfg.model, cfg.progress) if dist.is_main() else None
     dist.barrier()
-    model_path = model_source(cfg.model, cfg.progress)
+    model_path = model_path or model_source(cfg.model, cfg.progress)
     model, tokenizer = load_model(model_path, device)
     task = with_chat_template(task, tokenizer, cfg.apply_chat_template, cfg.model)  # chat models: prompts as user turns
     if probes is not None:
@@ -194,9 +194,10 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     prompts = task.train_prompts()[: cfg.max_train_prompts]
     if not prompts:
         raise TaskError(f"task {cfg.task!r} has no training prompts")
-    check_prompt_lengths(task, tokenizer, model, prompts, cfg.max_completion_length)
+    formatted = [task.format_prompt(p) for p in prompts]
+    check_prompt_lengths(formatted, tokenizer, model, cfg.max_completion_length)
     # a character the tokenizer cannot encode would silently vanish from what the model sees (issue 21)
-    check_encodable(tokenizer, [task.format_prompt(p) for p in prompts], cfg.train_file or "train_prompts")
+    check_encodable(tokenizer, formatted, cfg.train_file or "train_prompts")
     check_encodable(tokenizer, [task.format_prompt(q) for q, _ in task.eval_examples("val")[: cfg.eval_limit]],
                     "eval_examples('val')")
     pool, offline = list(range(len(prompts))), None
@@ -238,8 +239,8 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     stream = PromptStream(len(pool), cfg.seed)
     # Gold answers: the labelled oracle's reward and the after-step diagnostics take theirs here; the loop itself
     # gets a view of the task without them.
-    audit = gold_audit(cfg, task)
-    oracle_gold = task.train_answers() if cfg.method == "oracle" else None
+    audit = gold_audit(cfg, task)  # oracle always has one: its gold list is the reward's
+    oracle_gold = audit.gold if cfg.method == "oracle" else None
     task = task if cfg.method == "oracle" else LabelFree(task, cfg.method)
     detector = CollapseDetector(cfg.detector_window, cfg.detector_min_signals) if cfg.collapse_detector != "off" else None
     s = Setup(cfg=cfg, run_dir=run_dir, task=task, model=model, tokenizer=tokenizer, momentum=momentum, ref=ref,
@@ -271,16 +272,16 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
 MAX_PROMPT_CHARS = 1_000_000  # a longer line is a broken file, not a prompt: refused before it is even tokenized
 
 
-def check_prompt_lengths(task, tokenizer, model, prompts: list[str], max_completion_length: int) -> None:
-    """Every formatted prompt plus max_completion_length must fit the model's context (a longer one would fail deep
-    inside the model, or take the machine's memory); the first that does not is one line naming it."""
+def check_prompt_lengths(prompts: list[str], tokenizer, model, max_completion_length: int) -> None:
+    """Every formatted training prompt plus max_completion_length must fit the model's context (a longer one would
+    fail deep inside the model, or take the machine's memory); the first that does not is one line naming it."""
     limit = getattr(model.config, "max_position_embeddings", None)
     for i, p in enumerate(prompts):
         if len(p) > MAX_PROMPT_CHARS:
             raise TaskError(f"training prompt {i} is {len(p):,} characters long (limit {MAX_PROMPT_CHARS:,})")
     if not limit:
         return
-    lengths = [len(ids) for ids in tokenizer([task.format_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     i = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[i] + max_completion_length > limit:
         raise TaskError(f"training prompt {i} is {lengths[i]} tokens; with max_completion_length {max_completion_length} "
@@ -293,9 +294,7 @@ def model_source(model: str, progress: bool = True) -> str:
     (selfrl/gguf.py); anything else unchanged."""
     from selfrl.gguf import resolve_model_source
 
-    if model == "organism" or model == "organism2" or model.startswith("organism:"):
-        return resolve_organism(model, progress=progress)
-    return resolve_model_source(model, progress=progress)
+    return resolve_model_source(resolve_organism(model, progress=progress), progress=progress)
 
 
 def _replay_loop_state(s: Setup, rows: list[dict]) -> None:

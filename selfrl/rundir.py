@@ -31,19 +31,20 @@ def resume_config(run_dir: Path, sets: list[str]) -> Config:
     """The run's own config.yaml with `sets` on top, for `--resume`. A config.yaml that lacks fields (truncated, or
     not written by selfrl) is refused rather than completed with defaults, and so is a --set that changes anything
     but RESUME_SAFE; nothing is written here."""
-    from selfrl.config import read_yaml_mapping
-    from selfrl.grpo_config import load_config
+    from selfrl.config import apply_overrides, parse_sets, read_yaml_mapping
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise SelfRLError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
-    missing = [f.name for f in dataclasses.fields(Config) if f.name not in read_yaml_mapping(path)]
+    data = read_yaml_mapping(path)
+    missing = [f.name for f in dataclasses.fields(Config) if f.name not in data]
     if missing:
         raise SelfRLError(f"--resume {run_dir}: config.yaml lacks {len(missing)} field(s) ({', '.join(missing[:3])}"
                           f"{', ...' if len(missing) > 3 else ''}): truncated or not a selfrl run's; refusing to "
                           "resume on defaults")
-    saved = load_config(path, [f"output_dir={run_dir}"])
-    cfg = load_config(path, list(sets) + [f"output_dir={run_dir}"])
+    here = {"output_dir": str(run_dir)}  # wherever the run directory now lives
+    saved = apply_overrides(Config(), {**data, **here}, str(path)).validate()
+    cfg = apply_overrides(saved, {**parse_sets(sets), **here}, "--set").validate()
     for f in dataclasses.fields(Config):
         was, now = getattr(saved, f.name), getattr(cfg, f.name)
         if was != now and f.name not in RESUME_SAFE:

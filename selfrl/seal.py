@@ -364,16 +364,7 @@ def load_generator(cfg: SealConfig, path: str | None = None):
 
     if path is None:
         path = str(facts.facts_organism_path(progress=cfg.progress)) if cfg.model == "facts" else cfg.model
-    model, tokenizer = load_model(path, resolve_device(cfg.device), cfg.dtype)
-    config_file = Path(path) / "tokenizer_config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()).get("tokenizer_class") == "TokenizersBackend":
-        # A character-level tokenizer saved from a bare `tokenizers` object (selfrl/organism.py). transformers 5's
-        # AutoTokenizer loads it as the model type's class (Qwen2Tokenizer), whose byte-level pre-tokenizer drops
-        # every space and newline; the facts organism's text is made of them. Loaded as itself, it round-trips.
-        from transformers import PreTrainedTokenizerFast
-
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    return model, tokenizer
+    return load_model(path, resolve_device(cfg.device), cfg.dtype)  # character tokenizers come back as themselves
 
 
 def _start(cfg: SealConfig) -> Path:

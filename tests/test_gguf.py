@@ -286,10 +286,14 @@ def test_wordarith_answers_and_splits():
 
 
 def test_sampled_scores_by_hand():
-    from selfrl.lab.real import sampled_scores
+    """selfrl.lab.real scores with the trainer's own mean@k / maj@k (selfrl/evaluate.py)."""
+    from types import SimpleNamespace
 
-    answers = [["3", "3", "4", None], ["5", None, None, None], [None, None, None, None]]
+    from selfrl.evaluate import maj_at_k, mean_at_k
+
+    task = SimpleNamespace(extract_answer=lambda t: t or None, is_equivalent=lambda a, b: a == b)  # "" -> no answer
+    answers = [["3", "3", "4", ""], ["5", "", "", ""], ["", "", "", ""]]
     golds = ["3", "6", "1"]
-    s = sampled_scores(answers, golds, lambda a, b: a == b)
+    s = {"mean@4": mean_at_k(task, answers, golds), "maj@4": maj_at_k(task, answers, golds)}
     # mean@4: gold hits 2 + 0 + 0 over 12 samples = 1/6; maj@4: majorities "3" (right), "5" (wrong), none -> 1/3
     assert s == {"mean@4": pytest.approx(2 / 12), "maj@4": pytest.approx(1 / 3)}

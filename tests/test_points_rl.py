@@ -87,9 +87,9 @@ def test_two_steps_multi_turn_loss_sees_model_tokens_only(tiny_points_dir, tmp_p
         assert torch.allclose(adv, torch.tensor([0.7071, -0.7071]), atol=1e-3)
     # Rebuild the second row's episode text (wrong, verifier, correct) and check the shifted mask picks exactly the
     # two attempts and their EOS: the targets ids[1:] under mask == 1 decode to WRONG<eos>correct<eos>.
-    row = points_rl._episode(hand, points_rl.prompt_text(hand, "compact"),
-                             [points_rl.Attempt(WRONG, -1, score(hand, WRONG)[1]),
-                              points_rl.Attempt(correct, 5, ["Correct solution"])], tok)
+    row = points_rl.build_episode(hand, points_rl.prompt_text(hand, "compact"),
+                                  [points_rl.Attempt(WRONG, -1, score(hand, WRONG)[1]),
+                                   points_rl.Attempt(correct, 5, ["Correct solution"])], tok)
     ids = torch.tensor(row.input_ids)
     assert torch.equal(seen_batches[0]["input_ids"][1], ids)  # the batch the loss ran on holds exactly this episode
     mask = seen_losses[0][0][1]  # (T-1,) row 1 of step 1: the shifted mask the loss used

@@ -18,52 +18,22 @@ import time
 
 import torch
 
-from selfrl.core import majority_vote
 from selfrl.errors import SelfRLError
-from selfrl.evaluate import greedy_accuracy
-from selfrl.rollout import encode_prompts, generate
-
-
-@torch.no_grad()
-def sampled_answers(model, tokenizer, task, questions: list[str], k: int, temperature: float, max_new_tokens: int,
-                    batch_size: int = 8) -> list[list[str | None]]:
-    """k sampled answers per question (pure sampling at `temperature`, the trainer's sampler); the model's
-    train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    answers = []
-    for i in range(0, len(questions), batch_size):
-        batch = encode_prompts(tokenizer, [task.format_prompt(q) for q in questions[i : i + batch_size]], device)
-        texts = generate(model, tokenizer, batch, k, max_new_tokens, temperature).texts  # prompt-major rows
-        answers.extend([task.extract_answer(t) for t in texts[j * k : (j + 1) * k]] for j in range(len(texts) // k))
-    model.train(was_training)
-    return answers
-
-
-def sampled_scores(answers: list[list[str | None]], golds: list[str], is_equivalent) -> dict[str, float]:
-    """mean@k: share of all samples whose answer is the gold one; maj@k: share of questions whose majority answer
-    (core.majority_vote, ties to the first seen, no answer never wins) is the gold one."""
-    k = len(answers[0])
-    hits = [sum(a is not None and is_equivalent(a, g) for a in row) for row, g in zip(answers, golds)]
-    majority = [majority_vote(row, is_equivalent)[0] for row in answers]
-    return {f"mean@{k}": sum(hits) / (k * len(golds)),
-            f"maj@{k}": sum(m is not None and is_equivalent(m, g) for m, g in zip(majority, golds)) / len(golds)}
+from selfrl.evaluate import greedy_accuracy, sampled_accuracy
 
 
 def evaluate_model(model, tokenizer, task, examples: list[tuple[str, str]], k: int = 4, temperature: float = 0.8,
                    max_new_tokens: int = 24, seed: int = 0, batch_size: int = 8) -> dict[str, float]:
-    """{"greedy", "mean@k", "maj@k"} on labelled `examples` (question, gold)."""
+    """{"greedy", "mean@k", "maj@k"} on labelled `examples` (question, gold); the sampled scores are the trainer's own
+    (selfrl/evaluate.py `sampled_accuracy`), `batch_size` questions with their k samples per call."""
     greedy, _ = greedy_accuracy(model, tokenizer, task, examples, max_new_tokens, batch_size)
     torch.manual_seed(seed)
-    answers = sampled_answers(model, tokenizer, task, [q for q, _ in examples], k, temperature, max_new_tokens,
-                              batch_size)
-    return {"greedy": greedy, **sampled_scores(answers, [g for _, g in examples], task.is_equivalent)}
+    mean, maj, _ = sampled_accuracy(model, tokenizer, task, examples, k, max_new_tokens, temperature, batch_size * k)
+    return {"greedy": greedy, f"mean@{k}": mean, f"maj@{k}": maj}
 
 
 def main(argv: list[str] | None = None) -> None:
     from selfrl.cli import resolve_model_dir
-    from selfrl.gguf import resolve_model_source
     from selfrl.models import load_model
     from selfrl.tasks import load_task, with_chat_template
 
@@ -79,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    path = resolve_model_dir(resolve_model_source(args.model))
+    path = resolve_model_dir(args.model)  # smollm2, a .gguf file, a run, a step_* or a directory
     t0 = time.time()
     model, tok = load_model(path, torch.device("cpu"))
     task = with_chat_template(load_task(args.task), tok, None, path)

@@ -121,33 +121,22 @@ def _load_class(spec: str):
     return cls
 
 
+BUILTIN = {  # built-in task names, loaded like any 'module:Class' spec
+    "arith": "selfrl.tasks.arith:ArithTask",
+    "sums": "selfrl.tasks.sums:SumsTask",
+    "math": "selfrl.tasks.math:MathTask",
+    "wordarith": "selfrl.tasks.wordarith:WordArithTask",
+    "points": "selfrl.tasks.points:PointsTask",
+}
+
+
 def load_task(spec: str):
     """Instantiate a task from a built-in name or a 'file.py:Class' / 'module:Class' spec and check its interface;
     the task comes wrapped in `check_task` (selfrl/tasks/checked.py), so a method that raises or returns the wrong
     type is one TaskError line naming the method."""
     from selfrl.tasks.checked import check_task
 
-    if spec == "arith":
-        from selfrl.tasks.arith import ArithTask
-
-        return check_task(ArithTask())
-    if spec == "sums":
-        from selfrl.tasks.sums import SumsTask
-
-        return check_task(SumsTask())
-    if spec == "math":
-        from selfrl.tasks.math import MathTask
-
-        return check_task(MathTask())
-    if spec == "wordarith":
-        from selfrl.tasks.wordarith import WordArithTask
-
-        return check_task(WordArithTask())
-    if spec == "points":
-        from selfrl.tasks.points import PointsTask
-
-        return check_task(PointsTask())
-    cls = _load_class(spec)
+    cls = _load_class(BUILTIN.get(spec, spec))
     try:
         task = cls()
     except Exception as e:  # noqa: BLE001
