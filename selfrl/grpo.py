@@ -78,31 +78,7 @@ from selfrl import distributed as dist
 from selfrl.errors import SelfRLError
 from selfrl.grpo_config import Config, Sizes
 from selfrl.rollout import Rollouts, cat_rollouts, encode_prompts, generate, score
-from selfrl.run import Setup
-
-
-@contextlib.contextmanager
-def as_momentum(s: Setup):
-    """The module that computes the momentum model: its own copy, or (LoRA) the shared base under its adapter."""
-    if s.cfg.use_peft:
-        with lora.active_adapter(s.model, lora.MOMENTUM) as m:
-            yield m
-    else:
-        yield s.momentum
-
-
-@contextlib.contextmanager
-def as_reference(s: Setup):
-    """The module that computes the KL reference: the start model's frozen copy, or (LoRA) the base itself;
-    corewarding's is its EMA teacher (Co-rewarding-II)."""
-    if s.cfg.method == "corewarding":
-        with as_momentum(s) as teacher:
-            yield teacher
-    elif s.cfg.use_peft:
-        with s.model.disable_adapter():
-            yield s.model
-    else:
-        yield s.ref
+from selfrl.run import Setup, as_momentum, as_reference
 
 
 def rollouts(s: Setup, which: str, batch: dict, k: int, noise: torch.Tensor | None = None,

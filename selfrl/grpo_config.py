@@ -109,6 +109,12 @@ class Config:
     """Steps in the detector's moving averages and in its baseline (the run's first window)."""
     detector_min_signals: int = 2
     """Signals that must fire at once for an alarm (reward jump, majority share, unanimity, entropy, diversity, anchor KL)."""
+    detector_every: int = 50
+    """Steps between canary checks (selfrl/canary.py): the policy votes on the canary prompts, the detector reads it."""
+    detector_canary: int = 128
+    """Canary prompts: a fixed sample of the TRAINING prompts (never validation), voted on at each check."""
+    detector_samples: int = 8
+    """Samples per canary prompt at each check (at the training temperature)."""
     rollback_lr_factor: float = 0.5
     """After a detector rollback, the learning rate is multiplied by this."""
     rollback_ema_decay: float | None = None
@@ -278,6 +284,9 @@ class Config:
             ("early_stopping_examples", self.early_stopping_examples >= 1, ">= 1"),
             ("detector_window", self.detector_window >= 2, ">= 2"),
             ("detector_min_signals", self.detector_min_signals >= 1, ">= 1"),
+            ("detector_every", self.detector_every >= 1, ">= 1"),
+            ("detector_canary", self.detector_canary >= 1, ">= 1"),
+            ("detector_samples", self.detector_samples >= 2, ">= 2"),
             ("rollback_lr_factor", 0 < self.rollback_lr_factor <= 1, "in (0, 1]"),
             ("rollback_ema_decay", self.rollback_ema_decay is None or 0 <= self.rollback_ema_decay <= 1, "in [0, 1] or null"),
             ("max_rollbacks", self.max_rollbacks >= 0, ">= 0"),

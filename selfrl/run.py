@@ -12,8 +12,10 @@ None of it changes what a step computes: a run without a detector, gate or early
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import time
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from selfrl import distributed as dist
 from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, meta_value, prune_checkpoints,
                                read_pointers, set_pointer)
 from selfrl.data import TrainFileTask
+from selfrl.canary import Canary
 from selfrl.detector import CollapseDetector
 from selfrl.errors import SelfRLError, TaskError
 from selfrl.evaluate import greedy_accuracy, sampled_accuracy
@@ -118,6 +121,7 @@ class Setup:
     oracle_gold: list[str] | None  # gold training answers, held only by the labelled `oracle` method, else None
     audit: GoldAudit | None  # label diagnostics, computed after each step (gold_diagnostics), else None
     probes: ProbeGate | None  # the misevolution gate (selfrl/safety.py), None when cfg.probes is unset
+    canary: Canary | None  # the detector's canary prompts (selfrl/canary.py), None when the detector is off
     detector: CollapseDetector | None
     ema_decay: float  # mgrpo's decay now (a detector rollback may raise it)
     start_step: int = 0
@@ -128,6 +132,30 @@ class Setup:
     unhealthy_since_save: bool = False  # a skipped step or a detector signal since the last checkpoint
     last_val: float = float("nan")  # the latest val/accuracy, for the progress bar
     lock: object = None  # the run directory's lock file (process 0), held until release()
+
+
+@contextlib.contextmanager
+def as_momentum(s: Setup):
+    """The module that computes the momentum model: its own copy, or (LoRA) the shared base under its adapter."""
+    if s.cfg.use_peft:
+        with lora.active_adapter(s.model, lora.MOMENTUM) as m:
+            yield m
+    else:
+        yield s.momentum
+
+
+@contextlib.contextmanager
+def as_reference(s: Setup):
+    """The module that computes the KL reference: the start model's frozen copy, or (LoRA) the base itself;
+    corewarding's is its EMA teacher (Co-rewarding-II)."""
+    if s.cfg.method == "corewarding":
+        with as_momentum(s) as teacher:
+            yield teacher
+    elif s.cfg.use_peft:
+        with s.model.disable_adapter():
+            yield s.model
+    else:
+        yield s.ref
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -242,11 +270,15 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
     audit = gold_audit(cfg, task)  # oracle always has one: its gold list is the reward's
     oracle_gold = audit.gold if cfg.method == "oracle" else None
     task = task if cfg.method == "oracle" else LabelFree(task, cfg.method)
-    detector = CollapseDetector(cfg.detector_window, cfg.detector_min_signals) if cfg.collapse_detector != "off" else None
+    detector = canary = None
+    if cfg.collapse_detector != "off":
+        detector = CollapseDetector(cfg.detector_window, cfg.detector_min_signals)
+        canary = Canary(task, prompts, cfg.detector_canary, cfg.detector_samples, cfg.seed, run_dir)
     s = Setup(cfg=cfg, run_dir=run_dir, task=task, model=model, tokenizer=tokenizer, momentum=momentum, ref=ref,
               momentum_state=momentum_state, ema_pairs=ema_pairs, sampler=sampler, optimizer=optimizer,
               scheduler=scheduler, stream=stream, prompts=prompts, pool=pool, offline=offline,
-              oracle_gold=oracle_gold, audit=audit, probes=probes, detector=detector, ema_decay=cfg.ema_decay)
+              oracle_gold=oracle_gold, audit=audit, probes=probes, canary=canary, detector=detector,
+              ema_decay=cfg.ema_decay)
     if resume:
         ckpt = latest_checkpoint(run_dir)  # verifies checksums, falling back past corrupt ones with a warning
         if ckpt is None:
@@ -260,6 +292,8 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
                 if step > s.start_step:
                     set_pointer(run_dir, name, None)
         _replay_loop_state(s, [r for r in read_metrics(run_dir) if r["step"] <= s.start_step])
+        if canary is not None and dist.is_main():
+            canary.restore(s.start_step)
         log.info("resumed from %s (step %d)", ckpt, s.start_step)
     if dist.is_main():
         try:
@@ -342,6 +376,23 @@ def shared_sampled(s: Setup, examples: list, step: int) -> dict:
     return {"val/mean@k": dist.all_sum(mean * len(mine)) / n, "val/maj@k": dist.all_sum(maj * len(mine)) / n}
 
 
+def canary_check(s: Setup, step: int) -> dict:
+    """The canary/* signals (selfrl/canary.py): the policy, and an anchored method's momentum model / teacher, vote on
+    the canary prompts. Computed on process 0 and handed to all, so every process's detector decides the same."""
+    cfg = s.cfg
+
+    def check() -> dict:
+        t0 = time.perf_counter()
+        sampling = (cfg.max_completion_length, cfg.temperature, cfg.eval_batch_size)
+        policy, anchor = s.canary.vote(s.model, s.tokenizer, step, 0, *sampling), None
+        if cfg.method in ANCHORED:
+            with as_momentum(s) as m:
+                anchor = s.canary.vote(m, s.tokenizer, step, 1, *sampling)
+        return s.canary.check(step, policy, anchor, time.perf_counter() - t0)
+
+    return dist.from_main(check)
+
+
 def evaluate(s: Setup, step: int) -> dict:
     val = s.task.eval_examples("val")[: s.cfg.eval_limit]
     out = {"val/accuracy": shared_accuracy(s, val), **(probe_scores(s) if s.probes is not None else {})}
@@ -377,6 +428,8 @@ def begin(s: Setup, logger) -> None:
     the start model saved as the first promoted / healthy / best-so-far checkpoint."""
     cfg = s.cfg
     first = evaluate(s, 0)
+    if s.canary is not None:
+        first.update(canary_check(s, 0))
     if s.probes is not None:
         # The start model is the gate's baseline and the first promoted checkpoint: the rollback target until
         # a trained checkpoint passes the gate.
@@ -393,6 +446,8 @@ def begin(s: Setup, logger) -> None:
         if "stop/accuracy" in first:
             set_pointer(s.run_dir, "early_stop", 0)
     dist.barrier()
+    if s.detector is not None:
+        s.detector.update({"step": 0, **first})  # the start model's canary check: the canary signals' baseline
     logger.log(0, first)
     s.last_val = first["val/accuracy"]
 
@@ -408,6 +463,8 @@ def after_step(s: Setup, step: int, metrics: dict, logger, skipped_why: str | No
         s.unhealthy_since_save = True
     stop_reason = None
     if s.detector is not None:  # label-free collapse detection: alarm, and with rollback/stop restore healthy weights
+        if step % cfg.detector_every == 0:
+            metrics.update(canary_check(s, step))
         reading = s.detector.update(metrics)
         metrics.update({"detector/signals": len(reading.fired), "detector/alarm": int(reading.alarm)})
         s.unhealthy_since_save |= bool(reading.fired)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+import math
 from pathlib import Path
 
-ALWAYS = [("reward/pseudo", "always", lambda now, base: True)]  # fires as soon as the window is full
 
 
 def arm(record_dir: Path, detector_mode: str, setattr_=setattr) -> None:
@@ -28,7 +28,7 @@ def arm(record_dir: Path, detector_mode: str, setattr_=setattr) -> None:
 
     setattr_(grpo, "sample_batch", recording)
     if detector_mode == "always":
-        setattr_(detector, "SIGNALS", ALWAYS)
+        setattr_(detector, "SIGNALS", [detector.Signal("reward/pseudo", "always", "above_delta", -math.inf)])
 
 
 def recorded(record_dir: Path) -> dict[int, list[int]]:

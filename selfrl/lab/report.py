@@ -92,18 +92,23 @@ def run_stats(rows: list[dict]) -> dict | None:
             "gain": vals[-1][1] - vals[0][1], "step_s": sum(times) / len(times) if times else None, **sampled}
 
 
-def collapse_events(rows: list[dict], drop: float = 0.2) -> dict:
-    """When the label-free collapse detector first fired, when validation accuracy fell, and the lead time between.
+FALL_MARGIN = 0.05  # issue 15: a run has fallen at its first evaluation more than this below its start
 
-    The fall is the first evaluation whose accuracy is below (1 - drop) x the best accuracy so far (that evaluation
-    included); lead = fall - alarm, positive when the alarm came first; None where either event is missing."""
-    alarm = next((r["step"] for r in rows if r.get("detector/alarm")), None)
-    fall, best = None, float("-inf")
-    for step, acc in val_curve(rows):
-        best = max(best, acc)
-        if acc < (1 - drop) * best:
-            fall = step
-            break
+
+def collapse_events(rows: list[dict], cfg: dict | None = None) -> dict:
+    """When the label-free collapse detector first fires, when validation accuracy fell, and the lead time between.
+
+    The alarm is the current detector (selfrl/detector.py) replayed over the logged metrics with the run's window
+    and min_signals, so runs made before a detector change are judged by today's; the fall is the first evaluation
+    more than FALL_MARGIN below the start (read from labels after the fact); lead = fall - alarm, positive when the
+    alarm came first; None where either event is missing."""
+    from selfrl.detector import first_alarm
+
+    cfg = cfg or {}
+    alarm = first_alarm(rows, cfg.get("detector_window", 20), cfg.get("detector_min_signals", 2)) \
+        if any(k.startswith("canary/") for r in rows[:1] for k in r) else None
+    vals = val_curve(rows)
+    fall = next((step for step, acc in vals if acc < vals[0][1] - FALL_MARGIN), None) if vals else None
     return {"alarm_step": alarm, "fall_step": fall,
             "lead": fall - alarm if alarm is not None and fall is not None else None}
 
@@ -145,19 +150,19 @@ def row_summaries(outcomes: list[Outcome]) -> list[dict]:
     return out
 
 
-def detector_table(outcomes: list[Outcome], drop: float = 0.2) -> list[dict]:
+def detector_table(outcomes: list[Outcome]) -> list[dict]:
     """Per study row, how the label-free collapse detector's first alarm relates to the fall of validation accuracy
     (report.collapse_events). False alarms are counted two ways: alarms in oracle runs (gold rewards do not collapse
     the way a vote does) and alarms in runs whose accuracy never fell."""
     out = []
     for row, runs in _by_row(outcomes).items():
         runs = [o for o in runs if o.metrics]
-        events = [collapse_events(o.metrics, drop) for o in runs]
+        events = [collapse_events(o.metrics, o.cfg) for o in runs]
         leads = [e["lead"] for e in events if e["lead"] is not None]
         out.append({
             "row": row,
             "runs": len(runs),
-            "watched": sum(any("detector/alarm" in r for r in o.metrics) for o in runs),  # detector was on
+            "watched": sum(any("canary/majority_share" in r for r in o.metrics) for o in runs),  # canary logged
             "alarmed": sum(e["alarm_step"] is not None for e in events),
             "fell": sum(e["fall_step"] is not None for e in events),
             "leads": leads,
@@ -197,7 +202,7 @@ def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
                         marker="o" if key == "val/accuracy" else None, markersize=3)
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
         for o in runs:  # each run's first collapse alarm, to read the detector's lead time off the accuracy curve
-            alarm = collapse_events(o.metrics)["alarm_step"]
+            alarm = collapse_events(o.metrics, o.cfg)["alarm_step"]
             if alarm is not None:
                 axes.flat[0].axvline(alarm, color=f"C{i % 10}", linestyle=":", linewidth=1, alpha=0.7)
     for ax, (key, title) in zip(axes.flat, PANELS):
@@ -251,15 +256,16 @@ def markdown(title: str, outcomes: list[Outcome], png: str = "curves.png") -> st
            "fall step | lead | wall s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
-        st, ev = run_stats(o.metrics), collapse_events(o.metrics)
+        st, ev = run_stats(o.metrics), collapse_events(o.metrics, o.cfg)
         wall = _num(o.wall_s, "{:.1f}") + (" (last session)" if o.resumed else "")
         nums = (f"{st['start']:.3f} | {st['peak']:.3f} ({st['peak_step']}) | {st['final']:.3f} ({st['final_step']}) | "
                 f"{st['gain']:+.3f} | {_num(st['step_s'], '{:.2f}')}") if st else "— | — | — | — | —"
         md.append(f"| {o.row} | {o.seed} | {o.status} | {nums} | {_num(ev['alarm_step'], '{}')} | "
                   f"{_num(ev['fall_step'], '{}')} | {_num(ev['lead'], '{:+d}')} | {wall} |")
     md += ["\n## Collapse detector\n",
-           "The fall is the first evaluation whose accuracy is below 0.8 × the best accuracy so far; lead = fall step − "
-           "first alarm step (positive: the label-free alarm came first). `watched`: runs that logged the detector.\n",
+           f"The fall is the first evaluation more than {FALL_MARGIN} below the run's start (read from labels after the "
+           "fact); the alarm is the label-free detector (selfrl/detector.py) replayed over the logged metrics; lead = "
+           "fall step − first alarm step (positive: the alarm came first). `watched`: runs that logged the canary.\n",
            "| row | runs | watched | alarmed | fell | mean lead (steps) | alarms in oracle runs | alarms without a fall |",
            "|---|---|---|---|---|---|---|---|"]
     for d in detector_table(outcomes):
