@@ -64,6 +64,7 @@ SIGNALS = [
 class Reading:
     fired: list[str]  # names of the signals over their threshold this step
     alarm: bool  # at least min_signals fired
+    onset: bool = False  # an alarm where the step before had none (what a log line reports)
 
 
 class CollapseDetector:
@@ -73,12 +74,14 @@ class CollapseDetector:
         self.first: dict[str, list[float]] = {s.name: [] for s in SIGNALS}
         self.recent: dict[str, deque] = {s.name: deque(maxlen=CHECKS if s.canary else window) for s in SIGNALS}
         self.fired: dict[str, bool] = {s.name: False for s in SIGNALS}
+        self.alarmed = False
 
     def reset_recent(self) -> None:
         """After a rollback the restored weights start a fresh window (the baseline is kept)."""
         for q in self.recent.values():
             q.clear()
         self.fired = {name: False for name in self.fired}
+        self.alarmed = False
 
     def update(self, metrics: dict) -> Reading:
         """One logged row. A canary signal keeps its last verdict between checks."""
@@ -100,7 +103,9 @@ class CollapseDetector:
             if s.name in self.base and len(q) == q.maxlen:
                 self.fired[s.name] = s.test(sum(q) / len(q), self.base[s.name])
         fired = [s.name for s in SIGNALS if self.fired[s.name]]
-        return Reading(fired, len(fired) >= self.min_signals)
+        alarm = len(fired) >= self.min_signals
+        onset, self.alarmed = alarm and not self.alarmed, alarm
+        return Reading(fired, alarm, onset)
 
     def replay(self, rows: list[dict]) -> None:
         """Rebuild the state from logged rows (resume): the same updates (step 0's row carries the start model's

@@ -468,8 +468,9 @@ def after_step(s: Setup, step: int, metrics: dict, logger, skipped_why: str | No
         reading = s.detector.update(metrics)
         metrics.update({"detector/signals": len(reading.fired), "detector/alarm": int(reading.alarm)})
         s.unhealthy_since_save |= bool(reading.fired)
+        if reading.onset:
+            log.info("step %d: collapse alarm: %s", step, ", ".join(reading.fired))
         if reading.alarm:
-            log.info("step %d: collapse signals: %s", step, ", ".join(reading.fired))
             if cfg.collapse_detector in ("rollback", "stop"):
                 target, stop = detector_response(s, step)
                 metrics["detector/rolled_back_to"] = target

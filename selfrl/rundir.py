@@ -63,6 +63,10 @@ def check_fresh(run_dir: Path) -> None:
         raise SelfRLError(f"output_dir {run_dir} already holds a run; pass --resume {run_dir} or choose another output_dir")
 
 
+class RunDirBusy(SelfRLError):
+    """Another live process holds the run directory's lock."""
+
+
 def lock_run_dir(run_dir: Path):
     """An exclusive lock on the run directory for this process's lifetime (released when the file closes): a
     second `train` on the same output_dir stops at once instead of interleaving its metrics with the first's."""
@@ -75,8 +79,8 @@ def lock_run_dir(run_dir: Path):
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
-        raise SelfRLError(f"output_dir {run_dir} is in use by {holder}; wait for it to finish or choose another "
-                          "output_dir") from None
+        raise RunDirBusy(f"output_dir {run_dir} is in use by {holder}; wait for it to finish or choose another "
+                         "output_dir") from None
     f.seek(0)
     f.truncate()
     f.write(f"selfrl process {os.getpid()}\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from selfrl import detector
 from selfrl.errors import ConfigError
 from selfrl.logger import read_metrics
 from selfrl.lab.report import Outcome, detector_table
@@ -149,26 +150,31 @@ def test_interrupted_study_resumes_only_what_is_unfinished(study, tmp_path):
     assert [r["step"] for r in read_metrics(out / "oracle" / "seed_0")] == [0, 1, 2]
 
 
-def test_detector_table_on_hand_made_metrics():
+def test_detector_table_on_hand_made_metrics(monkeypatch):
+    # One stand-in signal, so the replayed detector's alarm is set by hand: "x" rising over 0.5 above its first value.
+    monkeypatch.setattr(detector, "SIGNALS", [detector.Signal("x", "x", "above_delta", 0.5)])
+
+    def cfg(method):
+        return {"method": method, "detector_window": 1, "detector_min_signals": 1}
+
     def val(*pairs):
         return [{"step": s, "val/accuracy": a} for s, a in pairs]
 
-    def alarm(step):
-        return [{"step": s, "detector/alarm": int(s == step)} for s in range(1, 5)]
+    def alarm(step):  # a run with the detector on whose replayed alarm comes at `step` (>= 2)
+        return [{"step": s, "x": float(s >= step), "detector/alarm": 0} for s in range(1, 5)]
 
     runs = [
-        # Best so far 0.6 at step 2; 0.45 < 0.8 x 0.6 = 0.48 at step 4 is the fall. First alarm at 3: lead 4 - 3 = +1.
-        Outcome("srt", 0, "done", {"method": "srt"}, val((0, 0.5), (2, 0.6)) + alarm(3) + val((4, 0.45))),
-        # 0.35 < 0.8 x 0.5 = 0.4 at step 2: the fall (0.4 itself would not be below); the alarm at 4 comes after it:
-        # lead 2 - 4 = -2.
-        Outcome("srt", 1, "done", {"method": "srt"}, val((0, 0.5), (2, 0.35), (4, 0.3)) + alarm(4)),
-        # Never below 0.8 x its best (0.5 -> 0.41 is above 0.4): an alarm without a fall.
-        Outcome("srt", 2, "done", {"method": "srt"}, val((0, 0.5), (2, 0.41)) + alarm(1)),
-        # No detector metrics at all: no alarm; still a fall (0.3 < 0.8 x 0.5).
-        Outcome("srt", 3, "done", {"method": "srt"}, val((0, 0.5), (2, 0.3))),
+        # Start 0.5: the fall is the first evaluation below 0.5 - 0.05 = 0.45, step 4. Alarm at 3: lead 4 - 3 = +1.
+        Outcome("srt", 0, "done", cfg("srt"), val((0, 0.5), (2, 0.6)) + alarm(3) + val((4, 0.44))),
+        # 0.40 < 0.45 at step 2: the fall; the alarm at 4 comes after it: lead 2 - 4 = -2.
+        Outcome("srt", 1, "done", cfg("srt"), val((0, 0.5), (2, 0.40), (4, 0.3)) + alarm(4)),
+        # 0.46 is not more than 0.05 below 0.5: no fall, so its alarm is a false one.
+        Outcome("srt", 2, "done", cfg("srt"), val((0, 0.5), (2, 0.46)) + alarm(2)),
+        # The detector was off: no alarm, and not watched; still a fall.
+        Outcome("srt", 3, "done", cfg("srt"), val((0, 0.5), (2, 0.3))),
         # Oracle rises and alarms anyway: a false alarm both ways.
-        Outcome("oracle", 0, "done", {"method": "oracle"}, val((0, 0.5), (4, 0.9)) + alarm(2)),
-        Outcome("mgrpo", 0, "not run", {"method": "mgrpo"}, []),
+        Outcome("oracle", 0, "done", cfg("oracle"), val((0, 0.5), (4, 0.9)) + alarm(2)),
+        Outcome("mgrpo", 0, "not run", cfg("mgrpo"), []),
     ]
     table = {d["row"]: d for d in detector_table(runs)}
     assert table["srt"] == {"row": "srt", "runs": 4, "watched": 3, "alarmed": 3, "fell": 3, "leads": [1, -2],
@@ -221,3 +227,26 @@ def test_builtin_quick_study_resolves_by_name_and_validates():
     assert [(r.row, r.seed) for r in runs] == [(row, s) for row in ("oracle", "srt", "mgrpo") for s in (0, 1)]
     assert runs[0].cfg.max_steps == 4 and runs[0].cfg.device == "cpu"
     assert runs[-1].run_dir == Path("runs/example_study_quick/mgrpo/seed_1")
+
+
+def test_a_run_another_process_is_training_is_skipped_not_failed(study, tmp_path):
+    """Two studies side by side (`--only` halves that overlap): the second finds the run directory locked, leaves
+    it alone (no failed.json, nothing deleted, even before the run's first checkpoint) and goes on."""
+    from selfrl.lab.study import run_one
+    from selfrl.rundir import lock_run_dir, unlock
+
+    _, done_out, cfg = study
+    out = tmp_path / "out"
+    shutil.copytree(done_out, out)
+    run = next(r for r in build_runs(load_study(cfg), out) if (r.row, r.seed) == ("srt", 1))
+    (run.run_dir / "done.json").unlink()
+    for ckpt in run.run_dir.glob("step_*"):  # "interrupted before its first checkpoint": would be deleted if free
+        shutil.rmtree(ckpt)
+    before = (run.run_dir / "metrics.jsonl").read_bytes()
+    held = lock_run_dir(run.run_dir)  # the other study's training holds it
+    try:
+        assert run_one(run) == "busy"
+    finally:
+        unlock(held)
+    assert not (run.run_dir / "failed.json").exists()
+    assert (run.run_dir / "metrics.jsonl").read_bytes() == before

@@ -22,11 +22,13 @@ from selfrl.errors import SelfRLError
 from selfrl.logger import read_metrics
 
 STATS = ("start", "peak", "final", "gain", "start_mean", "final_mean", "start_maj", "final_maj")
-PANELS = [  # curves.png: the labelled result first, then the label-free signals a user can watch without labels
+PANELS = [  # curves.png: the labelled results first, then the label-free signals a user can watch without labels
     ("val/accuracy", "validation accuracy (greedy, labelled)"),
+    ("val/mean@k", "validation mean@k (sampled, labelled)"),
     ("reward/pseudo", "pseudo-reward (training reward)"),
     ("policy/entropy", "policy entropy (nats/token)"),
-    ("vote/majority_share", "majority share of the vote"),
+    ("vote/majority_share", "majority share of the training vote"),
+    ("canary/majority_share", "majority share on the canary prompts"),
 ]
 
 
@@ -105,8 +107,8 @@ def collapse_events(rows: list[dict], cfg: dict | None = None) -> dict:
     from selfrl.detector import first_alarm
 
     cfg = cfg or {}
-    alarm = first_alarm(rows, cfg.get("detector_window", 20), cfg.get("detector_min_signals", 2)) \
-        if any(k.startswith("canary/") for r in rows[:1] for k in r) else None
+    watched = any("detector/alarm" in r for r in rows)  # the detector was on: its inputs were logged
+    alarm = first_alarm(rows, cfg.get("detector_window", 20), cfg.get("detector_min_signals", 2)) if watched else None
     vals = val_curve(rows)
     fall = next((step for step, acc in vals if acc < vals[0][1] - FALL_MARGIN), None) if vals else None
     return {"alarm_step": alarm, "fall_step": fall,
@@ -162,7 +164,7 @@ def detector_table(outcomes: list[Outcome]) -> list[dict]:
         out.append({
             "row": row,
             "runs": len(runs),
-            "watched": sum(any("canary/majority_share" in r for r in o.metrics) for o in runs),  # canary logged
+            "watched": sum(any("detector/alarm" in r for r in o.metrics) for o in runs),  # detector was on
             "alarmed": sum(e["alarm_step"] is not None for e in events),
             "fell": sum(e["fall_step"] is not None for e in events),
             "leads": leads,
@@ -190,21 +192,21 @@ def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
     for i, (row, runs) in enumerate(_by_row(outcomes).items()):
         runs = [o for o in runs if _counted(o)]
         for ax, (key, _) in zip(axes.flat, PANELS):
             curves = [[(r["step"], r[key]) for r in o.metrics if r.get(key) is not None] for o in runs]
             steps, mean, lo, hi = band([c for c in curves if c])
             if steps:
-                color = f"C{i % 10}"
+                color = plt.cm.tab20(i % 20)  # up to 20 rows in distinct colours
                 ax.plot(steps, mean, color=color, label=f"{row} (n={len(runs)})", linewidth=1.4,
                         marker="o" if key == "val/accuracy" else None, markersize=3)
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
         for o in runs:  # each run's first collapse alarm, to read the detector's lead time off the accuracy curve
             alarm = collapse_events(o.metrics, o.cfg)["alarm_step"]
             if alarm is not None:
-                axes.flat[0].axvline(alarm, color=f"C{i % 10}", linestyle=":", linewidth=1, alpha=0.7)
+                axes.flat[0].axvline(alarm, color=plt.cm.tab20(i % 20), linestyle=":", linewidth=1, alpha=0.7)
     for ax, (key, title) in zip(axes.flat, PANELS):
         ax.set_title(f"{title}: mean, min-max band over seeds", fontsize=10)
         ax.set_xlabel("training step")
@@ -265,7 +267,7 @@ def markdown(title: str, outcomes: list[Outcome], png: str = "curves.png") -> st
     md += ["\n## Collapse detector\n",
            f"The fall is the first evaluation more than {FALL_MARGIN} below the run's start (read from labels after the "
            "fact); the alarm is the label-free detector (selfrl/detector.py) replayed over the logged metrics; lead = "
-           "fall step − first alarm step (positive: the alarm came first). `watched`: runs that logged the canary.\n",
+           "fall step − first alarm step (positive: the alarm came first). `watched`: runs that ran the detector.\n",
            "| row | runs | watched | alarmed | fell | mean lead (steps) | alarms in oracle runs | alarms without a fall |",
            "|---|---|---|---|---|---|---|---|"]
     for d in detector_table(outcomes):

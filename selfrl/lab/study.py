@@ -219,8 +219,15 @@ def run_status(run_dir: Path) -> str:
 def run_one(run: Run) -> str:
     """Train one run to completion (fresh, resumed or restarted) unless it is done; returns its status after."""
     from selfrl.grpo import train  # torch and transformers load only once there is a run to train
+    from selfrl.rundir import RunDirBusy, lock_run_dir, unlock
 
     d, name = run.run_dir, f"{run.row}/seed_{run.seed}"
+    if d.is_dir():  # a second study on the same directory (side-by-side --only halves that overlap) leaves it alone
+        try:
+            unlock(lock_run_dir(d))
+        except RunDirBusy as e:
+            log.warning("%s: skipped: %s", name, e)
+            return "busy"
     status = run_status(d)
     has_metrics = (d / "metrics.jsonl").is_file()
     if status == "done":
@@ -243,6 +250,9 @@ def run_one(run: Run) -> str:
     t0 = time.perf_counter()
     try:
         train(run.cfg, resume=resume)
+    except RunDirBusy as e:  # taken by another process since the check above: its run, not a failure of this one
+        log.warning("%s: skipped: %s", name, e)
+        return "busy"
     except Exception as e:  # noqa: BLE001 - one row's failure (its task, its model, a bug) is recorded, never the study's end
         error = str(e) if isinstance(e, SelfRLError) else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         d.mkdir(parents=True, exist_ok=True)
