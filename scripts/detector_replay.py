@@ -28,7 +28,7 @@ def load_runs(dirs: list[Path], rows: list[str] | None) -> list[tuple[str, dict,
     runs = []
     for study in dirs:
         for d in sorted(study.glob("*/seed_*")):
-            if rows and d.parent.name not in rows:
+            if (rows and d.parent.name not in rows) or not (d / "config.yaml").is_file():
                 continue
             cfg = yaml.safe_load((d / "config.yaml").read_text())
             if cfg.get("collapse_detector") != "alarm" or not (d / "done.json").is_file():

@@ -186,6 +186,15 @@ def band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float],
     return steps, [statistics.fmean(at[s]) for s in steps], [min(at[s]) for s in steps], [max(at[s]) for s in steps]
 
 
+def smooth(curve: list[tuple[int, float]], every_step: int = 100, window: int = 25) -> list[tuple[int, float]]:
+    """A per-step training metric (more than `every_step` points) as its trailing `window`-step mean, so its trend
+    can be read; evaluations and canary checks are drawn as logged."""
+    if len(curve) <= every_step:
+        return curve
+    values = [v for _, v in curve]
+    return [(step, statistics.fmean(values[max(0, j - window + 1) : j + 1])) for j, (step, _) in enumerate(curve)]
+
+
 def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
     import matplotlib
 
@@ -193,22 +202,26 @@ def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 8))
-    for i, (row, runs) in enumerate(_by_row(outcomes).items()):
+    by_row = _by_row(outcomes)
+    palette = plt.cm.tab10 if len(by_row) <= 10 else plt.cm.tab20  # distinct colours for up to 20 rows
+    for i, (row, runs) in enumerate(by_row.items()):
         runs = [o for o in runs if _counted(o)]
         for ax, (key, _) in zip(axes.flat, PANELS):
-            curves = [[(r["step"], r[key]) for r in o.metrics if r.get(key) is not None] for o in runs]
+            curves = [smooth([(r["step"], r[key]) for r in o.metrics if r.get(key) is not None]) for o in runs]
             steps, mean, lo, hi = band([c for c in curves if c])
             if steps:
-                color = plt.cm.tab20(i % 20)  # up to 20 rows in distinct colours
+                color = palette(i % palette.N)
                 ax.plot(steps, mean, color=color, label=f"{row} (n={len(runs)})", linewidth=1.4,
                         marker="o" if key == "val/accuracy" else None, markersize=3)
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
         for o in runs:  # each run's first collapse alarm, to read the detector's lead time off the accuracy curve
             alarm = collapse_events(o.metrics, o.cfg)["alarm_step"]
             if alarm is not None:
-                axes.flat[0].axvline(alarm, color=plt.cm.tab20(i % 20), linestyle=":", linewidth=1, alpha=0.7)
+                axes.flat[0].axvline(alarm, color=palette(i % palette.N), linestyle=":", linewidth=1, alpha=0.7)
     for ax, (key, title) in zip(axes.flat, PANELS):
         ax.set_title(f"{title}: mean, min-max band over seeds", fontsize=10)
+        if key in ("reward/pseudo", "policy/entropy", "vote/majority_share"):
+            ax.set_title(f"{title}: 25-step mean, band over seeds", fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         if ax.lines:
