@@ -88,6 +88,33 @@ def test_detector_replay_matches_live_updates():
     assert {k: list(v) for k, v in again.recent.items()} == {k: list(v) for k, v in live.recent.items()}
 
 
+# --- config --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sets, field", [
+    (["method=oracle", "offline_labels=true"], "offline_labels"),
+    (["method=intuitor", "online_filter=0.6"], "offline_labels/online_filter"),
+    (["curriculum_fraction=0"], "curriculum_fraction"),
+    (["online_filter=1.5"], "online_filter"),
+    (["collapse_detector=panic"], "collapse_detector"),
+    (["rollback_lr_factor=0"], "rollback_lr_factor"),
+])
+def test_bad_mitigation_options_name_the_field(sets, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        load_config(None, sets)
+
+
+# --- in the loop ---------------------------------------------------------------------------------------------------
+def test_intuitor_rewards_self_certainty_and_trains(tiny_model_dir, tmp_path):
+    run = tmp_path / "intuitor"
+    train(load_config(None, tiny_sets(tiny_model_dir, run, method="intuitor")))
+    rows = read_metrics(run)
+    for r in rows[1:]:
+        # The reward is a mean of per-token KL(U || p) values: positive (0 only for uniform distributions), with no
+        # upper bound (test_self_certainty_hand_computed), never a 0/1 match.
+        assert r["reward/pseudo"] > 0
+        assert r["reward/pseudo"] not in (0.0, 1.0)
+    assert not same_tensors(policy_weights(run / "step_000001"), policy_weights(run / "step_000002"))
+
+
 def test_offline_labels_are_the_start_models_and_reach_the_reward(tiny_model_dir, tmp_path):
     run = tmp_path / "offline"
     cfg = load_config(None, tiny_sets(tiny_model_dir, run, method="srt", offline_labels="true", start_votes=3,
