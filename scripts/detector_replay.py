@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from selfrl import detector
-from selfrl.lab.report import FALL_MARGIN, collapse_events
+from selfrl.lab.report import FALL_MARGIN, fall_step
 from selfrl.logger import read_metrics
 
 
@@ -36,7 +36,7 @@ def load_runs(dirs: list[Path], rows: list[str] | None) -> list[tuple[str, dict,
             metrics = read_metrics(d)
             if not any(k.startswith("canary/") for k in metrics[0]):
                 continue  # made before the canary existed
-            runs.append((f"{study.name}/{d.parent.name}/{d.name}", cfg, metrics, collapse_events(metrics, cfg)["fall_step"]))
+            runs.append((f"{study.name}/{d.parent.name}/{d.name}", cfg, metrics, fall_step(metrics)))
     return runs
 
 

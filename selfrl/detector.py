@@ -68,12 +68,14 @@ class Reading:
 
 
 class CollapseDetector:
-    def __init__(self, window: int = 20, min_signals: int = 2):
+    def __init__(self, window: int = 20, min_signals: int = 2, signals: list[Signal] | None = None):
+        """`signals`: SIGNALS unless given (scripts/detector_replay.py tries other thresholds this way)."""
         self.window, self.min_signals = window, min_signals
+        self.signals = list(SIGNALS if signals is None else signals)
         self.base: dict[str, float] = {}
-        self.first: dict[str, list[float]] = {s.name: [] for s in SIGNALS}
-        self.recent: dict[str, deque] = {s.name: deque(maxlen=CHECKS if s.canary else window) for s in SIGNALS}
-        self.fired: dict[str, bool] = {s.name: False for s in SIGNALS}
+        self.first: dict[str, list[float]] = {s.name: [] for s in self.signals}
+        self.recent: dict[str, deque] = {s.name: deque(maxlen=CHECKS if s.canary else window) for s in self.signals}
+        self.fired: dict[str, bool] = {s.name: False for s in self.signals}
         self.alarmed = False
 
     def reset_recent(self) -> None:
@@ -85,7 +87,7 @@ class CollapseDetector:
 
     def update(self, metrics: dict) -> Reading:
         """One logged row. A canary signal keeps its last verdict between checks."""
-        for s in SIGNALS:
+        for s in self.signals:
             v = metrics.get(s.key)
             if v is None or not math.isfinite(v):
                 continue
@@ -102,7 +104,7 @@ class CollapseDetector:
             q.append(v)
             if s.name in self.base and len(q) == q.maxlen:
                 self.fired[s.name] = s.test(sum(q) / len(q), self.base[s.name])
-        fired = [s.name for s in SIGNALS if self.fired[s.name]]
+        fired = [s.name for s in self.signals if self.fired[s.name]]
         alarm = len(fired) >= self.min_signals
         onset, self.alarmed = alarm and not self.alarmed, alarm
         return Reading(fired, alarm, onset)
@@ -119,15 +121,10 @@ class CollapseDetector:
 def first_alarm(rows: list[dict], window: int = 20, min_signals: int = 2, signals: list[Signal] | None = None) -> int | None:
     """The step of the first alarm the detector raises over logged rows (with `signals` in place of SIGNALS, to
     try other thresholds), replayed up to the first rollback: after one, the logged run is its response's."""
-    global SIGNALS
-    saved, SIGNALS = SIGNALS, signals if signals is not None else SIGNALS
-    try:
-        det = CollapseDetector(window, min_signals)
-        for r in rows:
-            if det.update(r).alarm:
-                return r["step"]
-            if r.get("detector/rolled_back_to") is not None:
-                return None  # an alarm of an older detector acted here; nothing after it is this one's to judge
-        return None
-    finally:
-        SIGNALS = saved
+    det = CollapseDetector(window, min_signals, signals)
+    for r in rows:
+        if det.update(r).alarm:
+            return r["step"]
+        if r.get("detector/rolled_back_to") is not None:
+            return None  # an alarm of an older detector acted here; nothing after it is this one's to judge
+    return None

@@ -97,6 +97,12 @@ def run_stats(rows: list[dict]) -> dict | None:
 FALL_MARGIN = 0.05  # issue 15: a run has fallen at its first evaluation more than this below its start
 
 
+def fall_step(rows: list[dict]) -> int | None:
+    """The first evaluation more than FALL_MARGIN below the run's start (None: it never fell)."""
+    vals = val_curve(rows)
+    return next((step for step, acc in vals if acc < vals[0][1] - FALL_MARGIN), None) if vals else None
+
+
 def collapse_events(rows: list[dict], cfg: dict | None = None) -> dict:
     """When the label-free collapse detector first fires, when validation accuracy fell, and the lead time between.
 
@@ -109,8 +115,7 @@ def collapse_events(rows: list[dict], cfg: dict | None = None) -> dict:
     cfg = cfg or {}
     watched = any("detector/alarm" in r for r in rows)  # the detector was on: its inputs were logged
     alarm = first_alarm(rows, cfg.get("detector_window", 20), cfg.get("detector_min_signals", 2)) if watched else None
-    vals = val_curve(rows)
-    fall = next((step for step, acc in vals if acc < vals[0][1] - FALL_MARGIN), None) if vals else None
+    fall = fall_step(rows)
     return {"alarm_step": alarm, "fall_step": fall,
             "lead": fall - alarm if alarm is not None and fall is not None else None}
 
