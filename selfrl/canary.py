@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from selfrl.core import vote_texts
 from selfrl.errors import TaskError
 from selfrl.evaluate import sampled_completions
+from selfrl.rollout import own_rng
 
 CONFIDENT = 0.75  # a start-model vote share at or above this counts as "the start model knew" (ours)
 
@@ -67,8 +67,7 @@ class Canary:
         """k samples per canary prompt from `model`, from their own RNG stream (seed, step, salt): training's
         stream never moves."""
         device = next(model.parameters()).device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(np.random.default_rng([self.seed, step, 15, salt]).integers(2**62)))
+        with own_rng(device, int(np.random.default_rng([self.seed, step, 15, salt]).integers(2**62))):
             texts = sampled_completions(model, tokenizer, self.formatted, self.k, max_new_tokens, temperature, batch_size)
         labels, shares, none, chars = [], [], 0, 0
         for group in texts:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from selfrl import core
 from selfrl.checkpoint import write_json_atomic
-from selfrl.rollout import encode_prompts, generate
+from selfrl.rollout import encode_prompts, generate, own_rng
 
 log = logging.getLogger("selfrl")
 
@@ -38,8 +38,7 @@ def start_model_votes(model, tokenizer, task, prompts: list[str], n_votes: int, 
     model.eval()
     device = next(model.parameters()).device
     labels, shares = [], []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG streams are untouched
-        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed))))
+    with own_rng(device, int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed)))):
         for i in tqdm(range(0, len(prompts), batch_prompts), desc="start-model votes", disable=not progress):
             chunk = prompts[i : i + batch_prompts]
             batch = encode_prompts(tokenizer, [task.format_prompt(p) for p in chunk], device)

@@ -6,6 +6,7 @@ response tokens at the sampling temperature (as TRL does, so the gradient is tha
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -63,6 +64,15 @@ def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
           torch.cat([torch.nn.functional.pad(getattr(p, f), (0, T - getattr(p, f).shape[1])) for p in parts])
           for f in ("entropy", "logp", "certainty")),
     )
+
+
+@contextlib.contextmanager
+def own_rng(device: torch.device, seed: int):
+    """Inside, torch's global RNG (and CUDA's on a GPU) starts from `seed`; after, the caller's streams are as they
+    were: what samples in here (evaluation, the canary, the start-model votes) never moves training's stream."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def encode_prompts(tokenizer, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:

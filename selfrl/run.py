@@ -38,6 +38,7 @@ from selfrl.rundir import check_fresh, lock_run_dir, rollback, save, save_and_pi
 from selfrl.mitigations import easiest, start_model_votes
 from selfrl.models import load_model
 from selfrl.organism import resolve_organism
+from selfrl.rollout import own_rng
 from selfrl.safety import ProbeGate, describe, last_promoted
 from selfrl.tasks import load_task, with_chat_template
 from selfrl.tasks.checked import check_encodable
@@ -368,8 +369,7 @@ def shared_sampled(s: Setup, examples: list, step: int) -> dict:
     device = next(s.model.parameters()).device
     mean = maj = 0.0
     if mine:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(np.random.default_rng([s.cfg.seed, step, 7]).integers(2**62)))
+        with own_rng(device, int(np.random.default_rng([s.cfg.seed, step, 7]).integers(2**62))):
             mean, maj, _ = sampled_accuracy(s.model, s.tokenizer, s.task, mine, s.cfg.eval_samples,
                                             s.cfg.max_completion_length, s.cfg.eval_temperature, s.cfg.eval_batch_size)
     n = len(examples)
