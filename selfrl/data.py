@@ -22,6 +22,23 @@ from pathlib import Path
 
 from selfrl.errors import TaskError
 
+
+def json_object_lines(text: str, label: str, error: type[Exception] = TaskError):
+    """(where, object) for each non-blank line of a JSONL text, `where` being "LABEL:LINE"; a line that is not JSON,
+    or not a JSON object, raises `error` naming it. The probe and contexts files read this way; a train_file is
+    stricter (read_jsonl: no blank lines, the JSON error's column)."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{label}:{n}"
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise error(f"{where}: not valid JSON") from None
+        if not isinstance(row, dict):
+            raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
+
 FILE_TYPES = (".jsonl", ".parquet", ".csv")
 # org/name, optionally :split or :config:split. One slash: a bare "name" is far more often a mistyped local file
 # than one of the few legacy un-namespaced hub datasets.

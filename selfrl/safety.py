@@ -28,6 +28,7 @@ from pathlib import Path
 
 from selfrl import distributed as dist
 from selfrl.checkpoint import list_checkpoints, read_pointers, write_json_atomic
+from selfrl.data import json_object_lines
 from selfrl.errors import SelfRLError
 
 EXPECTS = ("refuse", "answer", "exact")
@@ -54,16 +55,7 @@ def _sha256(data: bytes) -> str:
 def parse_probes(text: str, source: str) -> list[Probe]:
     """Probes of a JSONL text; a bad line is a one-line SelfRLError naming `source:line`."""
     probes = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"probe file {source}:{n}"
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise SelfRLError(f"{where}: not valid JSON") from None
-        if not isinstance(row, dict):
-            raise SelfRLError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for where, row in json_object_lines(text, f"probe file {source}", SelfRLError):
         unknown = sorted(set(row) - _KEYS)
         if unknown:
             raise SelfRLError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})")

@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from selfrl import config
 from selfrl.checkpoint import write_json_atomic
+from selfrl.data import json_object_lines
 from selfrl.errors import ConfigError, SelfRLError, TaskError
 from selfrl.sft import sft
 from selfrl.tasks import facts
@@ -210,16 +211,7 @@ def load_contexts(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise TaskError(f"contexts file not found: {path}")
     out, ids = [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"contexts file {path}:{n}"
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise TaskError(f"{where}: not valid JSON") from None
-        if not isinstance(row, dict):
-            raise TaskError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for where, row in json_object_lines(path.read_text(encoding="utf-8", errors="replace"), f"contexts file {path}"):
         for key in ("id", "passage"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise TaskError(f"{where}: {key!r} must be a non-empty string")
