@@ -286,3 +286,32 @@ def train_organism_dir(task_spec: str, out: Path, spec: OrganismSpec = OrganismS
     stats = train_task_organism(task, spec, tmp, progress=progress)
     os.replace(tmp, out)
     return stats
+
+
+# ------------------------------------------------------------------- an organism that also writes questions (issue 19)
+ORGANISM2_WRITER = OrganismSpec(hidden_size=96, intermediate_size=288, num_hidden_layers=2, num_attention_heads=4,
+                                sft_max_steps=1100, sft_eval_every=50, target_accuracy=1.1)
+"""organism2's recipe with 1100 SFT steps instead of 900: a fifth of its warm-up pairs now teach question writing
+(selfrl/tasks/sums.py SumsWriterTask), so 1100 steps show it about as many worked sums as organism2's 900 did."""
+
+
+def writer_organism_path(progress: bool = True) -> Path:
+    """The cached `organism2-writer` (trained on first use): organism2's architecture on the `sums` task, its warm-up
+    the sums worked pairs plus 5000 in-context ("q;q;q;q;" -> q) and 5000 direct ("#" -> q) question-writing pairs
+    drawn from the sft split's questions (SumsWriterTask). Cached beside organism2, never in its place: a key of its
+    own spec, task name and data digest."""
+    from selfrl.tasks.sums import SumsWriterTask
+
+    task = SumsWriterTask()
+    pairs = task_sft_pairs(task)
+    digest = hashlib.sha256(json.dumps([pairs, task_chars(task, pairs)]).encode()).hexdigest()[:10]
+    final = cache_dir() / f"organism-{task.name}-{ORGANISM2_WRITER.key()}-{digest}"
+    if (final / "organism.json").is_file():
+        return final
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    stats = train_task_organism(task, ORGANISM2_WRITER, tmp, progress=progress)
+    log.info("organism trained: %s", {k: v for k, v in stats.items() if k != "vocabulary"})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # atomic: a half-trained organism is never picked up from the cache
+    return final

@@ -13,8 +13,9 @@ training questions, contamination with the validation and test questions, answer
 What is added from R-Zero (methods.md §9): the answerability filter keeps questions whose majority share under the
 model's own `num_votes` answers lies in a band [min_majority_share, max_majority_share] around ½ (a unanimous question
 gives GRPO no advantage; a question without agreement gives a noisy pseudo-label), and every candidate is scored with
-the proposer's uncertainty reward (synth_filters.proposer_rewards), recorded in candidates.jsonl for a loop that trains
-the question writer. That loop (GRPO on the proposer, alternating with the solver) is not in this module.
+the proposer's uncertainty reward (synth_filters.proposer_rewards), recorded in candidates.jsonl. With `solver_config`
+set, `selfrl synth` runs selfrl/proposer_rl.py instead: rounds of writing that alternate with the solver's label-free
+training, the writer itself trained by GRPO on that reward when `proposer_training` is true.
 
 Outputs, in `output_dir` (an existing one is never overwritten):
     questions.jsonl    the kept questions: {"prompt", "mode", "seeds", "step", "prompt_index", "majority_share"};
@@ -59,6 +60,8 @@ class SynthConfig:
     """Local path or hub id of an AutoModelForCausalLM, or "organism" for the built-in CPU model organism."""
     task: str = "arith"
     """Built-in task name or a task file "path/to/file.py:ClassName": its questions are the seeds, its extract_answer votes."""
+    # model also takes "organism2" (sums), "organism:TASK", and "organism2-writer": organism2 whose warm-up also
+    # taught it to write sums questions (selfrl/organism.py writer_organism_path; docs/synth.md)
     train_file: str | None = None
     """Seed questions replacing the task's own training questions (a .jsonl/.parquet/.csv file or a hub id, as in train)."""
     prompt_column: str = "prompt"
@@ -121,6 +124,22 @@ class SynthConfig:
     max_majority_share: float = 0.7
     """Highest majority share kept: near 1 every answer agrees and GRPO gets no advantage (R-Zero's band around 1/2)."""
 
+    # --- the learning proposer (selfrl/proposer_rl.py; R-Zero, methods.md §9) ------------------------------------
+    solver_config: str | None = None
+    """A `selfrl train` YAML for the solver: when set, writing alternates with the solver's training for `rounds` rounds (its model, task, train_file, output_dir, max_steps and seed are set per round)."""
+    proposer_training: bool = False
+    """Train the question writer with GRPO on R-Zero's uncertainty reward before each round's writing (needs solver_config); false: a fixed writer."""
+    rounds: int = 3
+    """Rounds of (proposer GRPO, writing num_prompts x num_generations questions, solver training)."""
+    solver_steps: int = 100
+    """Solver training steps per round."""
+    proposer_steps: int = 10
+    """Proposer GRPO steps per round."""
+    proposer_prompts_per_step: int = 4
+    """Writing prompts per proposer GRPO step, each sampled num_generations times (one GRPO group)."""
+    proposer_learning_rate: float = 1e-4
+    """AdamW learning rate of the proposer (constant, no KL)."""
+
     # --- hardware ------------------------------------------------------------------------------------------------
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
@@ -158,6 +177,15 @@ class SynthConfig:
             ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
             ("dtype", self.dtype in ("float32", "bfloat16"), "float32 or bfloat16"),
             ("torch_threads", self.torch_threads is None or self.torch_threads >= 1, ">= 1 or null"),
+            ("proposer_training", not self.proposer_training or self.solver_config is not None,
+             "false unless solver_config names the solver's train YAML (the proposer is rewarded by a solver's votes)"),
+            ("rounds", self.rounds >= 1, ">= 1"),
+            ("solver_steps", self.solver_steps >= 1, ">= 1"),
+            ("proposer_steps", self.proposer_steps >= 1, ">= 1"),
+            ("proposer_prompts_per_step", self.proposer_prompts_per_step >= 1, ">= 1"),
+            ("proposer_learning_rate", self.proposer_learning_rate > 0, "> 0"),
+            ("num_generations", not self.proposer_training or self.num_generations >= 2,
+             ">= 2 with proposer_training (a GRPO group of one has no advantage)"),
         ]
         for name, ok, must in checks:
             if not ok:
@@ -169,6 +197,8 @@ class SynthConfig:
                 raise ConfigError(f"question_pattern: not a valid regex ({e})") from None
         if not self.splits():
             raise ConfigError("contamination_splits: name at least one labelled split (e.g. val,test)")
+        if self.solver_config is not None and not Path(self.solver_config).is_file():
+            raise ConfigError(f"solver_config: no such file {self.solver_config!r} (a selfrl train YAML)")
         return self
 
     def splits(self) -> list[str]:
@@ -228,7 +258,6 @@ def _load(cfg: SynthConfig):
     from selfrl.data import read_prompts
     from selfrl.errors import TaskError
     from selfrl.models import load_model, resolve_device
-    from selfrl.organism import organism_path
     from selfrl.tasks import load_task, with_chat_template
 
     task = load_task(cfg.task)
@@ -239,15 +268,32 @@ def _load(cfg: SynthConfig):
             evals[split] = [q for q, _ in task.eval_examples(split)]  # questions only: answers are never read
         except TaskError as e:
             raise ConfigError(f"contamination_splits: {e}") from None
-    path = str(organism_path(progress=cfg.progress)) if cfg.model == "organism" else cfg.model
-    model, tokenizer = load_model(path, resolve_device(cfg.device), cfg.dtype)
+    model, tokenizer = load_model(model_path(cfg.model, cfg.progress), resolve_device(cfg.device), cfg.dtype)
     model.eval()
     return model, tokenizer, with_chat_template(task, tokenizer, cfg.apply_chat_template, cfg.model), seeds, evals
 
 
+def model_path(model: str, progress: bool = True) -> str:
+    """A loadable directory for `model`: "organism" (arith), "organism2-writer" (sums, writes questions), or any
+    spelling `selfrl train` resolves ("organism2", "organism:TASK", a path, a hub id)."""
+    from selfrl.organism import organism_path, resolve_organism, writer_organism_path
+
+    if model == "organism":
+        return str(organism_path(progress=progress))
+    if model == "organism2-writer":
+        return str(writer_organism_path(progress=progress))
+    return resolve_organism(model, progress=progress)
+
+
 def run_synth(cfg: SynthConfig) -> dict:
-    """Write questions, filter them, write the outputs (module docstring); returns the report."""
+    """Write questions, filter them, write the outputs (module docstring); returns the report. With solver_config
+    set: the rounds of selfrl/proposer_rl.py."""
     from selfrl.tasks import render_prompt, use_chat_template
+
+    if cfg.solver_config is not None:
+        from selfrl.proposer_rl import run_rounds
+
+        return run_rounds(cfg)
 
     out = Path(cfg.output_dir)
     if (out / "report.json").exists() or (out / "questions.jsonl").exists():
@@ -339,13 +385,18 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_lines(rows: list[dict]) -> list[dict]:
+    """questions.jsonl's lines: each kept question as a train_file prompt with its provenance."""
+    keys = ("mode", "seeds", "step", "prompt_index", "majority_share")
+    return [{"prompt": r["question"], **{k: r[k] for k in keys}} for r in rows if r["reason"] is None]
+
+
 def _write(out: Path, cfg: SynthConfig, rows: list[dict], report: dict) -> None:
     from selfrl.checkpoint import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    keys = ("mode", "seeds", "step", "prompt_index", "majority_share")
-    kept = [{"prompt": r["question"], **{k: r[k] for k in keys}} for r in rows if r["reason"] is None]
+    kept = kept_lines(rows)
     if kept:  # train_file refuses an empty file, so none is written when nothing passed
         tmp = out / "questions.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))

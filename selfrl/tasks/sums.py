@@ -69,3 +69,43 @@ class SumsTask(ArithTask):
 
     def __init__(self) -> None:
         self._splits = make_splits()
+
+
+# ------------------------------------------------------------------------------- question writing (issue 19)
+WRITE_SEPARATOR = ";"
+"""Ends every question an in-context writing prompt shows: "q;q;q;q;" asks for the next question."""
+WRITE_DIRECT = "#"
+"""The whole direct writing prompt: a fixed prefix, then a question."""
+WRITE_SEED = 20260119
+
+
+def question_writing_pairs(questions: list[str], num_in_context: int, num_direct: int, num_shots: int = 4,
+                           seed: int = WRITE_SEED) -> list[tuple[str, str]]:
+    """Warm-up pairs (prompt, question) that teach question writing, questions drawn (seeded) from `questions`:
+    in-context, `num_shots` questions each closed by ";" -> a different one ("12+34+56+78=;...;" -> "91+23+45+67=");
+    direct, "#" -> a question. No pair holds an answer: the completion is a question and its EOS."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(num_in_context):
+        *shown, target = rng.sample(questions, num_shots + 1)
+        pairs.append(("".join(q + WRITE_SEPARATOR for q in shown), target))
+    pairs += [(WRITE_DIRECT, rng.choice(questions)) for _ in range(num_direct)]
+    rng.shuffle(pairs)
+    return pairs
+
+
+class SumsWriterTask(SumsTask):
+    """`sums` whose warm-up also teaches writing questions (the question-writing organism, selfrl/organism.py):
+    sft_examples() is question_writing_pairs over the sft split's own questions, then sums' worked pairs. Training
+    and evaluation are sums' unchanged; the writing pairs come first, so the SFT holdout (the last pairs) is sums'."""
+
+    name = "sums_writer"
+
+    def __init__(self, num_in_context: int = 5000, num_direct: int = 5000) -> None:
+        super().__init__()
+        self.num_in_context, self.num_direct = num_in_context, num_direct
+
+    def sft_examples(self) -> list[tuple[str, str]]:
+        solving = super().sft_examples()
+        writing = question_writing_pairs([q for q, _ in solving], self.num_in_context, self.num_direct)
+        return writing + solving
