@@ -62,27 +62,46 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+SHARDS = "shards"  # a sharded (fsdp) checkpoint's torch distributed checkpoint: policy, momentum, optimizer
+
+
+def shards_tmp(run_dir: Path, step: int) -> Path:
+    """Where every process writes its shards of step `step` before process 0 completes the checkpoint around them."""
+    final = step_dir(run_dir, step)
+    return final.with_name(final.name + ".tmp") / SHARDS
+
+
 def save_checkpoint(
     run_dir: Path, step: int, model, tokenizer, momentum: dict | None, optimizer, scheduler, cursor: int,
-    extra: dict | None = None,
+    extra: dict | None = None, sharded: bool = False,
 ) -> Path:
     """Write step_XXXXXX/ atomically; `extra` goes into meta.json (e.g. the validation accuracy at this step).
+
+    sharded (fsdp): the weights and optimizer state are already in step_XXXXXX.tmp/shards/ (every process wrote its
+    shards, selfrl/fsdp.py `save`); this adds the policy's config and tokenizer, the schedule, the RNG and meta.json,
+    whose digests then cover the shards too.
 
     Any OSError (disk full, permissions) removes the partial temp directory and raises a one-line SelfRLError:
     the checkpoints already on disk are untouched."""
     final = step_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        # With LoRA only the policy adapter goes here (the base is the run's `model`; the momentum adapter is saved
-        # below with the other momentum weights), so `policy/` stays one loadable adapter directory.
-        model.save_pretrained(tmp / "policy", **({"selected_adapters": [lora.POLICY]} if lora.is_peft(model) else {}))
+        if sharded:
+            if not (tmp / SHARDS).is_dir():
+                raise SelfRLError(f"checkpoint {final.name}: the processes' shards are missing from {tmp}")
+            model.config.save_pretrained(tmp / "policy")  # loadable through load_model, which reads the shards
+            torch.save({"scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            # With LoRA only the policy adapter goes here (the base is the run's `model`; the momentum adapter is
+            # saved below with the other momentum weights), so `policy/` stays one loadable adapter directory.
+            model.save_pretrained(tmp / "policy", **({"selected_adapters": [lora.POLICY]} if lora.is_peft(model) else {}))
+            if momentum is not None:
+                save_file({k: v.contiguous() for k, v in momentum.items()}, tmp / "momentum.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "policy")  # the policy directory loads on its own (eval, export)
-        if momentum is not None:
-            save_file({k: v.contiguous() for k, v in momentum.items()}, tmp / "momentum.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save(
             {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -189,9 +208,19 @@ def prune_checkpoints(run_dir: Path, keep_last: int | None) -> list[Path]:
     return doomed
 
 
+def is_sharded_policy(policy_dir: Path) -> bool:
+    """A sharded checkpoint's policy directory: its config and tokenizer, the weights in ../shards."""
+    policy_dir = Path(policy_dir)
+    return (policy_dir.parent / SHARDS).is_dir() and not any(policy_dir.glob("*.safetensors"))
+
+
 def _load_policy_state(policy_dir: Path) -> dict:
-    """The policy's tensors from model.safetensors, the shards named in model.safetensors.index.json, or (LoRA)
-    adapter_model.safetensors."""
+    """The policy's tensors from model.safetensors, the shards named in model.safetensors.index.json, (LoRA)
+    adapter_model.safetensors, or a sharded checkpoint's ../shards, read whole in this process."""
+    if is_sharded_policy(policy_dir):
+        from selfrl import fsdp
+
+        return fsdp.full_state_dict(Path(policy_dir).parent / SHARDS, "policy")
     if lora.is_adapter_dir(policy_dir):
         return load_file(policy_dir / "adapter_model.safetensors")
     index = policy_dir / "model.safetensors.index.json"
@@ -201,8 +230,13 @@ def _load_policy_state(policy_dir: Path) -> dict:
     return load_file(policy_dir / "model.safetensors")
 
 
-def load_checkpoint(ckpt: Path, model, momentum: dict | None, optimizer, scheduler, rng: bool = True) -> dict:
-    """Restore everything in place; returns meta (step, cursor, ...). rng=False keeps the current RNG streams."""
+def load_checkpoint(ckpt: Path, model, momentum: dict | None, optimizer, scheduler, rng: bool = True,
+                    momentum_model=None) -> dict:
+    """Restore everything in place; returns meta (step, cursor, ...). rng=False keeps the current RNG streams.
+    A sharded checkpoint (shards/) loads into `model` and `momentum_model` however many processes now hold them
+    (collective: every process calls it)."""
+    if (ckpt / SHARDS).is_dir():
+        return _load_sharded(ckpt, model, momentum_model, optimizer, scheduler, rng)
     try:
         meta = json.loads((ckpt / "meta.json").read_text())
         state = _load_policy_state(ckpt / "policy")
@@ -225,6 +259,25 @@ def load_checkpoint(ckpt: Path, model, momentum: dict | None, optimizer, schedul
         for k, v in momentum.items():
             v.copy_(saved[k])
     optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    if rng:
+        torch.set_rng_state(rng_state["torch"])
+        np.random.set_state(rng_state["numpy"])
+        random.setstate(rng_state["python"])
+    return meta
+
+
+def _load_sharded(ckpt: Path, model, momentum_model, optimizer, scheduler, rng: bool) -> dict:
+    from selfrl import fsdp
+
+    models = {"policy": model, **({"momentum": momentum_model} if momentum_model is not None else {})}
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+        fsdp.load(ckpt / SHARDS, models, optimizer)
+        opt = torch.load(ckpt / "optimizer.pt", weights_only=False)
+        rng_state = torch.load(ckpt / "rng.pt", weights_only=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise SelfRLError(f"checkpoint {ckpt} is unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     scheduler.load_state_dict(opt["scheduler"])
     if rng:
         torch.set_rng_state(rng_state["torch"])

@@ -96,7 +96,7 @@ def cmd_export(args) -> None:
     import shutil
 
     from selfrl import lora
-    from selfrl.checkpoint import latest_checkpoint, read_pointers, step_dir, verify_checkpoint
+    from selfrl.checkpoint import is_sharded_policy, latest_checkpoint, read_pointers, step_dir, verify_checkpoint
     from selfrl.models import load_model
 
     out = args.out_dir or args.out
@@ -123,10 +123,11 @@ def cmd_export(args) -> None:
         raise SelfRLError(f"{ckpt} is corrupt ({problem}); nothing exported")
     if Path(out).exists():
         raise SelfRLError(f"{out} already exists; choose another directory")
-    if lora.is_adapter_dir(ckpt / "policy"):
+    if lora.is_adapter_dir(ckpt / "policy") or is_sharded_policy(ckpt / "policy"):
         import torch
 
-        model, tok = load_model(str(ckpt / "policy"), torch.device("cpu"))  # the base with the adapter merged in
+        # the base with the adapter merged in, or (fsdp) the whole weights read from the checkpoint's shards
+        model, tok = load_model(str(ckpt / "policy"), torch.device("cpu"))
         tmp = Path(f"{out}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)

@@ -9,9 +9,9 @@ and the same EMA, and the replicas stay identical (`check_replicas` verifies it 
 With one process (a plain `selfrl train`) every function here returns its input unchanged: no collective runs and
 the single-process path is the one it always was.
 
-Plain data parallel only: accelerate's DeepSpeed and FSDP plugins shard parameters across processes, which the EMA
-over the policy's parameters and the hand-written sampler (selfrl/rollout.py) would need to gather; `init` refuses
-them rather than train on a partial view of the weights.
+Sharded parameters are selfrl's own `fsdp: true` (selfrl/fsdp.py), launched the same way: the policy, momentum and
+reference sharded alike, so the EMA runs on each process's slices, and gathered whole for generation. accelerate's
+DeepSpeed and FSDP plugins, which would shard the policy alone behind the loop's back, are refused by `init`.
 """
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def init(device_name: str) -> torch.device:
     for flag, plugin in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP"),
                          ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")):
         if _flag(flag):
-            raise SelfRLError(f"accelerate launched with {plugin}: selfrl trains with plain data parallel only (every "
-                              "process holds the whole model); answer no to DeepSpeed and FSDP in `accelerate config`")
+            raise SelfRLError(f"accelerate launched with {plugin}: selfrl shards with its own `fsdp: true` (the "
+                              "momentum model and the reference must be sharded as the policy is); answer no to "
+                              "DeepSpeed and FSDP in `accelerate config` and set fsdp: true")
     no_gpu = device_name == "auto" and not torch.cuda.is_available()
     cpu = device_name == "cpu" or _flag("ACCELERATE_USE_CPU") or no_gpu
     state = PartialState(cpu=cpu)  # under accelerate launch: init_process_group (gloo on CPU, NCCL on GPUs)

@@ -1,6 +1,14 @@
-"""FSDP2 sharding of the policy, the momentum model and the reference (issue 20, items 1-2): the pieces, each tested
-on 2 CPU processes with gloo (tests/test_fsdp.py). Not yet wired into the training loop (selfrl/grpo.py, run.py):
-until it is, accelerate's FSDP plugin stays refused by selfrl/distributed.py's `init`.
+"""FSDP2 sharding of the policy, the momentum model and the reference (`fsdp: true`; issue 20, items 1-2), tested
+on 2 CPU processes with gloo (tests/test_fsdp.py): the pieces, and the training loop that uses them against one
+plain process. Launched as plain data parallel is (`accelerate launch --multi_gpu --num_processes N -m selfrl train
+CFG --set fsdp=true`); accelerate's own FSDP plugin stays refused by selfrl/distributed.py's `init`, since this
+module does the sharding.
+
+Where the loop meets it (selfrl/run.py, grpo.py, rundir.py): the three models are sharded at setup; every block of
+generation or no-grad scoring (rollouts, the anchor's KL, the reference, evaluation, the canary, probes) runs
+inside `gathered`; the training pass is one plain forward per process (`rollout.score_once`), so every process
+enters the same collectives; FSDP reduces the gradients (a sum); checkpoints are `save`'s directories (`shards/` in
+a step_* checkpoint) and resume on any number of processes; `selfrl export` and `load_model` read them whole.
 
 Why FSDP2 (`torch.distributed.fsdp.fully_shard`) directly rather than accelerate's plugin: the momentum model and
 the reference are not trained, so they have no optimizer for accelerate to prepare, yet they must be sharded exactly
@@ -60,6 +68,11 @@ def shard(model: torch.nn.Module, mixed_precision: str = "no", gradient_checkpoi
     return model
 
 
+def is_sharded(model: torch.nn.Module | None) -> bool:
+    """Whether `shard` was applied to `model`."""
+    return model is not None and bool(_fsdp_modules(model))
+
+
 def local_shards(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """This process's slice of each tensor (a DTensor's local shard; a plain tensor is its own): in-place updates of
     the slices update the sharded parameters."""
@@ -76,7 +89,11 @@ def _fsdp_modules(model: torch.nn.Module) -> list:
 def gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Within the block `model` holds whole weights on every process (one all-gather per FSDP unit, the same on every
     process) and its forward passes communicate nothing; resharded on exit. A plain model passes through."""
+    if getattr(model, "_selfrl_whole", False):  # already gathered by an enclosing block: nothing to do
+        yield model
+        return
     units = _fsdp_modules(model)
+    model._selfrl_whole = bool(units)
     for m in units:
         m.set_reshard_after_forward(False)
         m.unshard()
@@ -86,6 +103,7 @@ def gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for m in units:
             m.reshard()
             m.set_reshard_after_forward(True)
+        model._selfrl_whole = False
 
 
 def save(path: Path, models: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None = None) -> None:

@@ -57,12 +57,12 @@ Launching
     from their own seeds (`seed_per_prompt`), so the rollouts do not depend on N. Process 0 alone logs, prints and
     writes checkpoints; validation is split across the processes. The options that decide from a whole step
     (online_filter, offline_labels, curriculum_fraction, probes, early stopping, detector rollback/stop) decide from
-    every process's votes or on process 0 and hand the decision to all (README "Many processes"). DeepSpeed and
-    FSDP (sharded parameters) are refused.
+    every process's votes or on process 0 and hand the decision to all (README "Many processes").
+  * Past one GPU's memory, `fsdp: true` shards the policy, momentum model and reference over the processes
+    (selfrl/fsdp.py, docs/scale.md); the same launch. accelerate's DeepSpeed and FSDP plugins are refused.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -73,11 +73,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from selfrl import core, lora, run, rundir, vllm_backend
+from selfrl import core, fsdp, lora, run, rundir, vllm_backend
 from selfrl import distributed as dist
 from selfrl.errors import SelfRLError
 from selfrl.grpo_config import Config, Sizes
-from selfrl.rollout import Rollouts, cat_rollouts, encode_prompts, generate, score
+from selfrl.rollout import Rollouts, cat_rollouts, encode_prompts, generate, score, score_once
 from selfrl.run import Setup, as_momentum, as_reference
 
 
@@ -87,7 +87,7 @@ def rollouts(s: Setup, which: str, batch: dict, k: int, noise: torch.Tensor | No
     (from `noise` when seed_per_prompt gives each prompt its own numbers) or, with use_vllm, by the engine after
     loading it with exactly those weights (selfrl/vllm_backend.py)."""
     cfg = s.cfg
-    view = as_momentum(s) if which == "momentum" else contextlib.nullcontext(s.model)
+    view = as_momentum(s) if which == "momentum" else fsdp.gathered(s.model)  # sharded: whole for the block
     with view as model:
         if s.sampler is None:
             return generate(model, s.tokenizer, batch, k, cfg.max_completion_length, cfg.temperature, noise=noise)
@@ -261,18 +261,25 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
         n_tokens = dist.all_sum(loss_mask.sum()).clamp(min=1)
         if b:
             with amp:
-                logp, _, _ = score(model, part, cfg.temperature, prompt_of[live], stats=False)  # (n, T) with grad
+                if cfg.fsdp:  # one forward pass per process: a sharded forward is a collective (rollout.score_once)
+                    logp = score_once(model, part, cfg.temperature)
+                else:
+                    logp, _, _ = score(model, part, cfg.temperature, prompt_of[live], stats=False)  # (n, T) with grad
                 loss, lm = core.policy_loss(logp, logp.detach() if old_logp is None else old_logp, adv[live],
                                             loss_mask[live], cfg.epsilon, cfg.beta, ref_logp, n_tokens=n_tokens)
         else:  # nothing to score here: a zero share of the loss, and the same collectives as the other processes
             loss = torch.zeros((), device=device, requires_grad=True)
+            if fsdp.is_sharded(model):  # ... a sharded model's forward and gradient reduction included
+                loss = loss + 0 * model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device)).logits.sum()
             lm = {"loss/pg": 0.0, "loss/kl": 0.0, "loss/clip_frac": 0.0}
         s.optimizer.zero_grad(set_to_none=True)
         grad_norm = float("nan")
         if math.isfinite(dist.all_sum(loss.item())):  # a non-finite loss or gradient must not reach the weights
-            loss.backward()
-            dist.all_reduce_grads_(model.parameters())  # then every process clips and steps on the global gradient
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+            loss.backward()  # sharded (fsdp): the backward itself sums each process's gradient slices
+            if not fsdp.is_sharded(model):
+                dist.all_reduce_grads_(model.parameters())  # then every process clips and steps on the global gradient
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # a DTensor if sharded
         skipped = not math.isfinite(grad_norm)
         if skipped:  # this pass and the ones after it are skipped
             s.optimizer.zero_grad(set_to_none=True)
@@ -285,8 +292,8 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     if cfg.method == "corewarding":  # the teacher's rate, cosine-annealed (Co-rewarding-II's code: 0.01 -> 1e-5)
         s.ema_decay = 1.0 - core.cosine_anneal(step, cfg.max_steps, cfg.teacher_alpha_start, cfg.teacher_alpha_end)
     if s.ema_pairs is not None and updates:
-        ema, src = s.ema_pairs
-        core.ema_update_(ema, [p.detach().float() for p in src], s.ema_decay)
+        ema, src = s.ema_pairs  # sharded: each process's own slices of both, so no communication
+        core.ema_update_(fsdp.local_shards(ema), [p.detach().float() for p in fsdp.local_shards(src)], s.ema_decay)
     # 7. metrics (label-free; the label diagnostics are added by the caller, after the step)
     b_all = dist.all_sum(b)  # the step's prompts on every process
     kept_r = rewards[keep_train]

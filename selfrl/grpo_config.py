@@ -199,6 +199,14 @@ class Config:
     """float32 or bfloat16 for the policy's forward passes. The momentum EMA is always kept in fp32."""
     torch_threads: int | None = None
     """CPU threads for torch (None: torch's default)."""
+    fsdp: bool = False
+    """Shard the policy, momentum model and reference over the processes (FSDP2, selfrl/fsdp.py), each the same way,
+    so the EMA runs on each process's own shards; checkpoints become torch distributed checkpoints that resume on any
+    number of processes. Full weights only (LoRA's few trainable weights need no sharding); dtype bfloat16 then
+    means bf16 compute with fp32 master weights and gradient reduction."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (memory for compute, HF's own); with fsdp only, whose training pass is one
+    plain forward (the KV-cache sharing of the other path needs the cache that checkpointing turns off)."""
 
     # ---------------------------------------------------------------------------------------------------------
     def n_momentum(self) -> int:
@@ -239,6 +247,12 @@ class Config:
         if self.use_vllm and self.seed_per_prompt:
             raise ConfigError("seed_per_prompt: the vLLM engine samples with its own generator; per-prompt seeds "
                               "apply to the HF sampler only (set use_vllm: false)")
+        if self.fsdp and self.use_peft:
+            raise ConfigError("fsdp: LoRA trains a few adapter weights on a frozen base; shard full-weight training "
+                              "only (set use_peft: false, or fsdp: false for LoRA with plain data parallel)")
+        if self.gradient_checkpointing and not self.fsdp:
+            raise ConfigError("gradient_checkpointing: only with fsdp: true (the unsharded training pass shares each "
+                              "prompt's KV cache among its samples, which checkpointing turns off)")
         checks = [  # (field, holds, what it must be): every numeric field has its range (issue 21)
             ("seed", self.seed >= 0, ">= 0"),
             ("num_votes", self.num_votes >= 2, ">= 2"),
@@ -329,8 +343,8 @@ class Config:
         # The options that decide from a whole step's or run's votes (online_filter, offline_labels, curriculum,
         # probes, early stopping, detector rollback/stop) make those decisions from every process's votes or on
         # process 0 and hand them to all (selfrl/grpo.py, selfrl/run.py), so they run on any number of processes.
-        if self.use_vllm:  # one engine per process would each need its own GPU share
-            raise ConfigError(f"use_vllm: {self.use_vllm!r} is not supported with {n} processes yet; run it on one")
+        # use_vllm: every process runs its own engine (TRL's colocate mode), synced from its whole policy and then
+        # momentum weights each step (selfrl/vllm_backend.py)
 
     def sizes(self, processes: int = 1) -> Sizes:
         """B, G, M, N of a step on one of `processes` processes (ttrl: G = num_votes policy samples, M trained)."""

@@ -51,7 +51,9 @@ def load_model(path: str, device: torch.device, dtype: str = "float32"):
             tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         else:
             tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = _from_shards(path, dtype) if looks_local else None
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {path!r}: {first}") from None
@@ -64,6 +66,23 @@ def load_model(path: str, device: torch.device, dtype: str = "float32"):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
     return model.to(device), tokenizer
+
+
+def _from_shards(path: str, dtype: str):
+    """A sharded (fsdp) checkpoint's policy directory (its config and tokenizer; the weights in ../shards, a torch
+    distributed checkpoint) as one whole model, or None for any other directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from selfrl.checkpoint import _load_policy_state, is_sharded_policy
+
+    if not is_sharded_policy(Path(path)):
+        return None
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=getattr(torch, dtype))
+    missing, unexpected = model.load_state_dict(_load_policy_state(Path(path)), strict=False)
+    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):  # a tied lm_head may be absent
+        raise ModelError(f"{path}: its shards do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    return model
 
 
 _DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,

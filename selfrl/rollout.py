@@ -203,6 +203,17 @@ def length_buckets(lengths: list[int], overhead: float = 0.05) -> list[list[int]
     return [order[a:b] for a, b in zip(best, best[1:])]
 
 
+def score_once(model, rollouts: Rollouts, temperature: float = 1.0) -> torch.Tensor:
+    """(R, T) per-token log-probs of the response tokens from ONE ordinary forward pass over prompt + response: what
+    `score` computes (tests/test_rollout.py), without its shared prompts and length buckets, whose number of forward
+    passes depends on the rows. A sharded (FSDP) model's forward is a collective, so every process must run the same
+    number of them: the sharded training pass uses this."""
+    P = rollouts.prompt_len
+    positions = (rollouts.attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding does not shift positions
+    logits = model(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, position_ids=positions).logits
+    return token_logprobs(logits[:, P - 1 : -1] / temperature, rollouts.response_ids)
+
+
 def score(model, rollouts: Rollouts, temperature: float = 1.0, prompt_of: torch.Tensor | None = None,
           stats: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-token log-probs, entropies and self-certainties of the response tokens under `model` at `temperature`.

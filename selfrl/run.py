@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfrl import lora, vllm_backend
+from selfrl import fsdp, lora, rundir, vllm_backend
 from selfrl import distributed as dist
-from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, meta_value, prune_checkpoints,
+from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, meta_value, prune_checkpoints,
                                read_pointers, set_pointer)
 from selfrl.data import TrainFileTask
 from selfrl.canary import Canary
@@ -142,7 +142,8 @@ def as_momentum(s: Setup):
         with lora.active_adapter(s.model, lora.MOMENTUM) as m:
             yield m
     else:
-        yield s.momentum
+        with fsdp.gathered(s.momentum) as m:  # sharded (fsdp): whole for the block, so its forwards are local
+            yield m
 
 
 @contextlib.contextmanager
@@ -156,7 +157,19 @@ def as_reference(s: Setup):
         with s.model.disable_adapter():
             yield s.model
     else:
-        yield s.ref
+        with fsdp.gathered(s.ref) as ref:
+            yield ref
+
+
+def whole(s: Setup):
+    """The policy (and the momentum model) gathered whole on every process for a block of generation: evaluation,
+    the canary, probes. A plain model passes through. Every process must enter it (the gathering is a collective),
+    even where process 0 alone then computes (`dist.from_main`)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(fsdp.gathered(s.model))
+    if s.momentum is not None:
+        stack.enter_context(fsdp.gathered(s.momentum))
+    return stack
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -254,9 +267,20 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
         momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
     if cfg.beta > 0 and not cfg.use_peft and cfg.method != "corewarding":  # corewarding's reference is its teacher
         ref = _frozen_copy(model)
+    if cfg.fsdp and dist.world() > 1:  # the three sharded the same way: the EMA pairs each process's own slices
+        mixed = "bf16" if cfg.dtype == "bfloat16" else "no"
+        fsdp.shard(model, mixed, cfg.gradient_checkpointing)
+        for frozen in (momentum, ref):
+            if frozen is not None:
+                fsdp.shard(frozen, mixed, trainable=False)
+        if momentum is not None:  # sharding replaced the parameters: pair up the new ones
+            momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     sampler = None
-    if cfg.use_vllm:
-        engine = vllm_backend.make_engine(model_path, cfg.vllm_gpu_memory_utilization, cfg.vllm_max_model_length, cfg.seed)
+    if cfg.use_vllm:  # one engine per process (TRL's colocate mode), each on this process's GPU
+        engine = vllm_backend.make_engine(model_path, cfg.vllm_gpu_memory_utilization, cfg.vllm_max_model_length,
+                                          cfg.seed + dist.rank())
         sampler = vllm_backend.VLLMSampler(engine)
     trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the policy adapter only
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -285,7 +309,7 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
         if ckpt is None:
             raise SelfRLError(f"--resume {run_dir}: no intact checkpoint found (step_*/meta.json): the run stopped "
                               f"before its first save; delete {run_dir} to start it over")
-        meta = load_checkpoint(ckpt, model, momentum_state, optimizer, scheduler)
+        meta = rundir.load(s, ckpt)
         s.start_step, stream.cursor = meta["step"], meta["cursor"]
         if dist.is_main():
             prune_checkpoints(run_dir, None)  # clear a half-written step_*.tmp or half-deleted *.trash from the crash
@@ -359,7 +383,8 @@ def shared_accuracy(s: Setup, examples: list) -> float:
 def probe_scores(s: Setup) -> dict:
     """The gate's probe scores, computed on process 0 and handed to all: every process then makes the same gate
     decision (promote, roll back, stop) from the same numbers."""
-    return dist.from_main(lambda: s.probes.score(s.model, s.tokenizer))
+    with fsdp.gathered(s.model):
+        return dist.from_main(lambda: s.probes.score(s.model, s.tokenizer))
 
 
 def shared_sampled(s: Setup, examples: list, step: int) -> dict:
@@ -390,10 +415,16 @@ def canary_check(s: Setup, step: int) -> dict:
                 anchor = s.canary.vote(m, s.tokenizer, step, 1, *sampling)
         return s.canary.check(step, policy, anchor, time.perf_counter() - t0)
 
-    return dist.from_main(check)
+    with whole(s):
+        return dist.from_main(check)
 
 
 def evaluate(s: Setup, step: int) -> dict:
+    with fsdp.gathered(s.model):
+        return _evaluate(s, step)
+
+
+def _evaluate(s: Setup, step: int) -> dict:
     val = s.task.eval_examples("val")[: s.cfg.eval_limit]
     out = {"val/accuracy": shared_accuracy(s, val), **(probe_scores(s) if s.probes is not None else {})}
     if s.cfg.eval_samples:
@@ -438,8 +469,11 @@ def begin(s: Setup, logger) -> None:
         first.update({"safety/alarm": 0, "gate/promoted": 0})
     if "stop/accuracy" in first:
         s.stop_best = (first["stop/accuracy"], 0)
+    first_save = s.probes is not None or cfg.collapse_detector in ("rollback", "stop") or cfg.early_stopping_patience
+    if first_save:
+        rundir.write_shards(s, 0)  # fsdp: every process writes its shards first (a no-op otherwise)
     if dist.is_main():  # process 0 writes for all; the others read these files after the barrier
-        if s.probes is not None or cfg.collapse_detector in ("rollback", "stop") or cfg.early_stopping_patience:
+        if first_save:
             save(s, 0, {**first, "healthy": 1})
             for name in ["healthy"] + ["promoted"] * (s.probes is not None):
                 set_pointer(s.run_dir, name, 0)
@@ -507,9 +541,11 @@ def after_step(s: Setup, step: int, metrics: dict, logger, skipped_why: str | No
                           f"stopping (last checkpoint kept: {last.name if last else 'none'})")
     if save_now:
         momentum = s.momentum_state.values() if s.momentum_state is not None else None  # full copy or adapter
-        dist.check_replicas(step, {"policy": s.model.parameters(), "momentum": momentum})  # process 0 saves for all
+        if not fsdp.is_sharded(s.model):  # sharded, each process holds its own slices: no replicas to compare
+            dist.check_replicas(step, {"policy": s.model.parameters(), "momentum": momentum})  # process 0 saves for all
         if "gate/rolled_back_to" in metrics:  # every process restores the promoted weights before the save
             rollback(s, metrics["gate/rolled_back_to"])
+        rundir.write_shards(s, step)
         if dist.is_main():
             save_and_pin(s, step, metrics, regressed, healthy=not s.unhealthy_since_save)
         dist.barrier()  # a resume on any process reads what process 0 wrote

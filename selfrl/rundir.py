@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfrl.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, meta_value, prune_checkpoints,
-                               read_pointers, save_checkpoint, set_pointer, step_dir, verify_checkpoint)
+                               read_pointers, save_checkpoint, set_pointer, shards_tmp, step_dir, verify_checkpoint)
 from selfrl.errors import SelfRLError
 from selfrl.grpo_config import Config
 
@@ -102,9 +102,38 @@ def release(s: Setup) -> None:
         s.lock = None
 
 
+def write_shards(s: Setup, step: int) -> None:
+    """fsdp: every process writes its shards of the policy, the momentum model and the optimizer into step `step`'s
+    temporary directory (torch distributed checkpoint), which process 0's `save` then completes and renames. A no-op
+    without fsdp. Collective: every process calls it, before process 0's save."""
+    import shutil
+
+    from selfrl import distributed as dist
+    from selfrl import fsdp
+
+    if not s.cfg.fsdp:
+        return
+    where = shards_tmp(s.run_dir, step)
+    if dist.is_main():
+        shutil.rmtree(where.parent, ignore_errors=True)  # a half-written one from a crash
+        where.parent.mkdir(parents=True)
+    dist.barrier()
+    models = {"policy": s.model, **({"momentum": s.momentum} if s.momentum is not None else {})}
+    try:
+        fsdp.save(where, models, s.optimizer)
+    except OSError as e:
+        raise SelfRLError(f"saving checkpoint step_{step:06d}'s shards failed: {e.strerror or e}") from None
+    dist.barrier()
+
+
 def save(s: Setup, step: int, extra: dict) -> None:
     save_checkpoint(s.run_dir, step, s.model, s.tokenizer, s.momentum_state, s.optimizer, s.scheduler, s.stream.cursor,
-                    extra=extra)
+                    extra=extra, sharded=s.cfg.fsdp)
+
+
+def load(s: Setup, ckpt: Path, rng: bool = True) -> dict:
+    """Restore checkpoint `ckpt` into the run in place (weights, momentum, optimizer, schedule, RNG); returns its meta."""
+    return load_checkpoint(ckpt, s.model, s.momentum_state, s.optimizer, s.scheduler, rng=rng, momentum_model=s.momentum)
 
 
 def rollback(s: Setup, step: int | None) -> None:
@@ -118,7 +147,7 @@ def rollback(s: Setup, step: int | None) -> None:
     if problem is not None:
         raise SelfRLError(f"rollback to {ckpt.name} impossible: {problem}")
     schedule = s.scheduler.state_dict()
-    load_checkpoint(ckpt, s.model, s.momentum_state, s.optimizer, s.scheduler, rng=False)
+    load(s, ckpt, rng=False)
     s.scheduler.load_state_dict(schedule)
     for group, lr in zip(s.optimizer.param_groups, s.scheduler.get_last_lr()):
         group["lr"] = lr  # the restored optimizer state carries the promoted step's rate

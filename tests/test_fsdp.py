@@ -126,3 +126,116 @@ def test_checkpoint_of_two_processes_loads_whole_in_one(sharded):
         sd = m.state_dict()
         assert all((sd[k] == got[name][k]).all() for k in got[name]), name
     assert all(s["step"].item() == STEPS for s in opt.state.values())  # AdamW's moments and step came back too
+
+
+# --- the training loop with fsdp: true (the real CLI under accelerate launch) ---------------------------------------
+
+def _loop_weights(run: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Policy and momentum tensors of a run's step checkpoint, whole, whatever its format."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import policy_weights
+
+    ckpt = run / f"step_{step:06d}"
+    if (ckpt / "shards").is_dir():
+        return {name: fsdp.full_state_dict(ckpt / "shards", name) for name in ("policy", "momentum")}
+    return {"policy": policy_weights(ckpt), "momentum": load_file(ckpt / "momentum.safetensors")}
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    shared = [k for k in a if k in b]
+    assert shared and all(k.endswith("lm_head.weight") for k in set(a) ^ set(b))  # a tied head may be stored once
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in shared)
+
+
+@pytest.fixture(scope="module")
+def loop_runs(tiny_model_dir, tmp_path_factory):
+    """(plain 1-process run, fsdp 2-process run): the same global batch and seed (tests/test_distributed.py's RUN)."""
+    from selfrl.grpo import train
+    from selfrl.grpo_config import load_config
+    from tests.conftest import tiny_sets
+    from tests.test_distributed import RUN, as_args, launch
+
+    tmp = tmp_path_factory.mktemp("fsdp_loop")
+    one, two = tmp / "one", tmp / "two"
+    train(load_config(None, tiny_sets(tiny_model_dir, one, seed_per_prompt="true", **RUN)))
+    proc = launch(2, "train", *as_args(tiny_sets(tiny_model_dir, two, fsdp="true", **RUN)), tmp=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return one, two
+
+
+def test_fsdp_training_matches_one_plain_process(loop_runs):
+    from selfrl.logger import read_metrics
+    from tests.test_distributed import CLOSE, COUNT_TOL, COUNTS, METRIC_TOL
+
+    one, two = loop_runs
+    a, b = read_metrics(one), read_metrics(two)
+    assert [r["step"] for r in b] == [0, 1, 2, 3]
+    for key in COUNTS:  # the same rollouts, votes and greedy answers
+        assert max(abs(x[key] - y[key]) for x, y in zip(a, b) if x.get(key) is not None) <= COUNT_TOL, key
+    for key in CLOSE:
+        assert max(abs(x[key] - y[key]) for x, y in zip(a, b) if x.get(key) is not None) <= METRIC_TOL, key
+    assert max(r["grad/norm"] for r in b[1:]) > 0
+    ckpt = two / "step_000003"
+    assert not (ckpt / "momentum.safetensors").exists()
+    assert len(list((ckpt / "shards").glob("*.distcp"))) == 2  # each process wrote its own shards
+    for step in (1, 3):
+        x, y = _loop_weights(one, step), _loop_weights(two, step)
+        for name in ("policy", "momentum"):  # the EMA ran on each process's slices and still equals the whole one
+            assert _max_diff(x[name], y[name]) <= WEIGHT_TOL, (step, name)
+
+
+def test_fsdp_run_resumes_on_one_process_and_exports(loop_runs, tmp_path):
+    import shutil
+
+    from selfrl.cli import main
+    from selfrl.grpo import train
+    from selfrl.logger import read_metrics
+    from selfrl.models import load_model
+    from selfrl.rundir import resume_config
+
+    _, two = loop_runs
+    cut = tmp_path / "cut"
+    shutil.copytree(two, cut)
+    shutil.rmtree(cut / "step_000003")  # a crash after step 3's log line: resumed from step 2's shards, on 1 process
+    train(resume_config(cut, []), resume=True)
+    a = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_metrics(two)]
+    b = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_metrics(cut)]
+    assert [r["step"] for r in b] == [0, 1, 2, 3] and a[:3] == b[:3]
+    assert b[3]["vote/majority_share"] == pytest.approx(a[3]["vote/majority_share"], abs=1e-6)  # the same rollouts
+    x, y = _loop_weights(two, 3), _loop_weights(cut, 3)
+    for name in ("policy", "momentum"):  # the optimizer state and the momentum came back from 2 processes' shards
+        assert _max_diff(x[name], y[name]) <= WEIGHT_TOL, name
+    out = tmp_path / "exported"
+    assert main(["export", str(two), "--out", str(out)]) == 0
+    model, _ = load_model(str(out), torch.device("cpu"))  # one plain HF directory
+    assert _max_diff({k: v for k, v in model.state_dict().items()}, x["policy"]) == 0.0
+
+
+def test_fsdp_config_errors():
+    from selfrl.errors import ConfigError
+    from selfrl.grpo_config import load_config
+
+    with pytest.raises(ConfigError, match="fsdp: LoRA"):
+        load_config(None, ["fsdp=true", "use_peft=true"])
+    with pytest.raises(ConfigError, match="gradient_checkpointing: only with fsdp"):
+        load_config(None, ["gradient_checkpointing=true"])
+    load_config(None, ["fsdp=true", "gradient_checkpointing=true", "use_vllm=false"]).validate_processes(2)
+
+
+def test_fsdp_bf16_and_gradient_checkpointing_train(tiny_model_dir, tmp_path):
+    """Mixed precision (bf16 compute, fp32 master weights and reduction) and recomputed activations, on 2 processes:
+    each step updates the policy (a finite, positive gradient norm) and the EMA follows it (anchor/kl > 0)."""
+    from selfrl.logger import read_metrics
+    from tests.conftest import tiny_sets
+    from tests.test_distributed import RUN, as_args, launch
+
+    run = tmp_path / "bf16"
+    sets = tiny_sets(tiny_model_dir, run, fsdp="true", dtype="bfloat16", gradient_checkpointing="true",
+                     **{**RUN, "max_steps": 2})
+    proc = launch(2, "train", *as_args(sets), tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(run)[1:]
+    assert all(0 < r["grad/norm"] < float("inf") and r["anchor/kl"] > 0 for r in rows), rows
+    whole = fsdp.full_state_dict(run / "step_000002" / "shards", "policy")
+    assert all(t.dtype == torch.float32 for t in whole.values())  # the master weights stay fp32
