@@ -163,3 +163,43 @@ def test_real_vllm_engine_trains_and_holds_the_current_ema(tiny_model_dir, tmp_p
     ema = load_file(run / "step_000002" / "momentum.safetensors")
     name = "model.layers.0.mlp.down_proj.weight"  # a weight vLLM keeps unfused under its HF name
     assert torch.allclose(held[name].float().cpu(), ema[name], atol=1e-3)
+
+
+def test_an_engine_per_process_holds_the_gathered_policy_and_ema_every_step(tiny_model_dir, tmp_path):
+    """2 processes, fsdp: each process's own engine is loaded with the WHOLE current policy and then the whole current
+    EMA before each generation (gathered from the shards), every step."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from selfrl import fsdp
+    from selfrl.distributed import checksum
+    from tests.test_distributed import ROOT, _free_port, as_args
+
+    run, record = tmp_path / "run", tmp_path / "record"
+    record.mkdir()
+    sets = tiny_sets(tiny_model_dir, run, method="mgrpo", use_vllm="true", fsdp="true", max_steps=3,
+                     num_generations=8, eval_every=10, torch_threads=1)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "tests.vllm_child", str(record), "train", *as_args(sets)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start = checksum(load_file(tiny_model_dir / "model.safetensors").values())
+    for rank in (0, 1):
+        rows = [json.loads(x) for x in (record / f"engine_{rank}.jsonl").read_text().splitlines()]
+        assert [r["loads"] for r in rows] == list(range(1, 7))  # 3 steps x (policy, momentum), each synced first
+        for step in (1, 2, 3):
+            pol, mom = rows[2 * (step - 1)]["checksum"], rows[2 * (step - 1) + 1]["checksum"]
+            if step == 1:
+                assert pol == pytest.approx(start, rel=1e-9) and mom == pytest.approx(start, rel=1e-9)
+                continue
+            shards = run / f"step_{step - 1:06d}" / "shards"
+            # the engine holds each parameter once; the saved state also names the tied head (lm_head = embeddings)
+            want_pol, want_mom = ({k: v for k, v in fsdp.full_state_dict(shards, name).items() if k != "lm_head.weight"}
+                                  for name in ("policy", "momentum"))
+            assert pol == pytest.approx(checksum(want_pol.values()), rel=1e-9, abs=1e-9), (rank, step)
+            assert mom == pytest.approx(checksum(want_mom.values()), rel=1e-9, abs=1e-9), (rank, step)
+            assert abs(pol - mom) > 1e-6  # the EMA lags the policy
