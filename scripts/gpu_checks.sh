@@ -6,7 +6,8 @@
 #   1. bf16 FSDP code path on CUDA: a 3-step mgrpo run with fsdp (1 process: torch distributed checkpoints), bf16
 #      mixed precision and gradient checkpointing, then a resume and `selfrl export`.
 #   2. The same with 2 processes when the machine has 2 GPUs (NCCL needs one GPU per process).
-#   3. vLLM: the GPU-only test (tests/test_vllm.py) and a 3-step mgrpo run with use_vllm, when vllm is installed.
+#   3. vLLM: the GPU-only test (tests/test_vllm.py), a 3-step mgrpo run with use_vllm, and one with use_vllm + fsdp
+#      + bf16, when vllm is installed.
 set -u
 OUT=${1:-${OUT:-/tmp/selfrl_gpu}}
 mkdir -p "$OUT"
@@ -62,6 +63,8 @@ if $PY -c "import vllm" 2>/dev/null; then
   run_check vllm_test $PY -m pytest -q tests/test_vllm.py -k real_vllm
   run_check vllm_mgrpo $PY -m selfrl train $SETS --set use_vllm=true --set vllm_gpu_memory_utilization=0.2 \
     --set output_dir="$OUT/vllm1"
+  run_check vllm_fsdp_bf16 $PY -m selfrl train $SETS --set use_vllm=true --set vllm_gpu_memory_utilization=0.2 \
+    --set fsdp=true --set dtype=bfloat16 --set output_dir="$OUT/vllm_fsdp"
 else
   say "SKIP vllm: the vllm package is not installed (pip install -e '.[vllm]')"
 fi
