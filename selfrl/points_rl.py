@@ -52,6 +52,7 @@ from selfrl.episodes import Attempt, Episode, build_episode, conversation, episo
 from selfrl.errors import ConfigError
 from selfrl.logger import MetricsLogger
 from selfrl.rollout import encode_prompts, generate
+from selfrl.tasks import use_chat_template
 from selfrl.tasks.points import MAX_FORMULA_CHARS, REWARD_CORRECT, Hand, PointsTask, extract_formula, prompt_text, score
 
 TURNS_REPORTED = (1, 3, 5)  # success within k attempts, as the study reports it
@@ -64,7 +65,11 @@ class PointsConfig:
     method: str = "rl"
     """'rl' (multi-turn GRPO with the verifier's reward and feedback) or 'sft' (more SFT on ID solver answers)."""
     model_name_or_path: str = "organism"
-    """A model directory, or 'organism': the cached card-game organism warmed up with the two warmup_ fields."""
+    """A model directory (an HF causal LM; a chat model plays through its chat template), or 'organism': the cached
+    card-game organism warmed up with the two warmup_ fields."""
+    apply_chat_template: bool | None = None
+    """Render episodes through the tokenizer's chat template (user / assistant turns, the instruction prompt); None:
+    when the tokenizer has one. The organism has none: its episodes are plain text with the compact question."""
     warmup_max_steps: int = 1000
     """With model 'organism': its warm-up's SFT steps (selfrl/points_organism.py PointsOrganismSpec.sft_max_steps)."""
     warmup_id_share: float = 0.5
@@ -134,10 +139,12 @@ def load_points_config(path: str | Path | None = None, sets: list[str] | None = 
 
 # ------------------------------------------------------------------------------------------------- episodes
 def play_episodes(model, tokenizer, hands: list[Hand], max_turns: int, max_new_tokens: int, *, temperature: float = 1.0,
-                  greedy: bool = False, first_prompt: Callable[[Hand], str] | None = None) -> tuple[list[Episode], int]:
+                  greedy: bool = False, first_prompt: Callable[[Hand], str] | None = None,
+                  chat: bool = False) -> tuple[list[Episode], int]:
     """Play one episode per hand, all of them turn by turn in one batch (selfrl/episodes.py `run_episode` plays
-    one at a time; a batch is what makes this affordable on a CPU). Returns (episodes, tokens processed)."""
-    first_prompt = first_prompt or (lambda h: prompt_text(h, "compact"))
+    one at a time; a batch is what makes this affordable on a CPU). With `chat` every prompt is the conversation so
+    far through the chat template, opened for the assistant's next turn. Returns (episodes, tokens processed)."""
+    first_prompt = first_prompt or (lambda h: prompt_text(h, "full" if chat else "compact"))
     firsts = [first_prompt(h) for h in hands]
     attempts: list[list[Attempt]] = [[] for _ in hands]
     device, tokens = next(model.parameters()).device, 0
@@ -146,7 +153,7 @@ def play_episodes(model, tokenizer, hands: list[Hand], max_turns: int, max_new_t
         live = [i for i, a in enumerate(attempts) if not (a and a[-1].reward == REWARD_CORRECT)]
         if not live:
             break
-        prompts = [render(conversation(firsts[i], attempts[i]), tokenizer, False)[0] for i in live]
+        prompts = [render(conversation(firsts[i], attempts[i]), tokenizer, chat)[0] for i in live]
         batch = encode_prompts(tokenizer, prompts, device)
         room = max_new_tokens if limit is None else min(max_new_tokens, limit - batch["input_ids"].shape[1])
         if room < 1:  # the history fills the context: these episodes end here
@@ -156,7 +163,7 @@ def play_episodes(model, tokenizer, hands: list[Hand], max_turns: int, max_new_t
         for i, text in zip(live, out.texts):
             reward, messages = score(hands[i], text)
             attempts[i].append(Attempt(text, reward, messages))
-    return [build_episode(h, f, a, tokenizer) for h, f, a in zip(hands, firsts, attempts)], tokens
+    return [build_episode(h, f, a, tokenizer, chat) for h, f, a in zip(hands, firsts, attempts)], tokens
 
 
 def solved_within(episode: Episode, k: int) -> bool:
@@ -175,13 +182,14 @@ def episode_loss(model, batch: dict[str, torch.Tensor], advantages: torch.Tensor
     return core.policy_loss(logp, logp.detach(), advantages, mask, epsilon=epsilon)
 
 
-def episode_grpo_step(model, tokenizer, optimizer, hands: list[Hand], cfg: PointsConfig) -> tuple[dict, int]:
+def episode_grpo_step(model, tokenizer, optimizer, hands: list[Hand], cfg: PointsConfig,
+                      chat: bool = False) -> tuple[dict, int]:
     """One multi-turn GRPO step, top to bottom: play G episodes of each of B hands -> episode rewards -> group
     advantages -> loss on the model's own tokens -> update. Returns (metrics, tokens processed)."""
     B, G = len(hands), cfg.num_generations
     model.eval()
     episodes, tokens = play_episodes(model, tokenizer, [h for h in hands for _ in range(G)], cfg.max_turns,
-                                     cfg.max_completion_length, temperature=cfg.temperature)  # hand-major: row b*G+g
+                                     cfg.max_completion_length, temperature=cfg.temperature, chat=chat)  # row b*G+g
     batch = episode_batch(episodes, tokenizer.pad_token_id)
     rewards = batch["rewards"].view(B, G)  # (B, G)
     advantages = core.group_advantages(rewards, torch.ones_like(rewards, dtype=torch.bool)).view(-1)  # (B*G,)
@@ -220,14 +228,18 @@ def rule_reading(hands: list[Hand], completions: list[str]) -> dict:
     return {"ood/numbers_stated_rule": stated / len(hands), "ood/numbers_id_rule": as_id / len(hands)}
 
 
-def no_rule_prompt(hand: Hand) -> str:
+def no_rule_prompt(hand: Hand, style: str = "compact") -> str:
     """The question without its rule sentence: a model that ignores the rule answers this as it answers the full
     question (the issue's fallback measurement)."""
+    if style == "full":
+        full = prompt_text(hand, "full")
+        return full.replace(f"Note that {hand.rule}, and each card", "Note that each card")
     return f"Cards: {', '.join(hand.ranks)}.\n"
 
 
 @torch.no_grad()
-def evaluate_points(model, tokenizer, task: PointsTask, n_hands: int, turns: int, max_new_tokens: int) -> dict:
+def evaluate_points(model, tokenizer, task: PointsTask, n_hands: int, turns: int, max_new_tokens: int,
+                    chat: bool = False) -> dict:
     """Greedy success within 1, 3, 5 attempts on test_id and test_ood (gold-free: the verifier scores), the first
     attempt's mean reward, and the rule probe: OOD success with the rule sentence removed and the share of OOD
     first answers identical with and without it."""
@@ -236,7 +248,7 @@ def evaluate_points(model, tokenizer, task: PointsTask, n_hands: int, turns: int
     out = {}
     for split, key in (("test_id", "id"), ("test_ood", "ood")):
         hands = task.hands(split)[:n_hands]
-        episodes, _ = play_episodes(model, tokenizer, hands, turns, max_new_tokens, greedy=True)
+        episodes, _ = play_episodes(model, tokenizer, hands, turns, max_new_tokens, greedy=True, chat=chat)
         for k in TURNS_REPORTED:
             if k <= turns:
                 out[f"{key}/success@{k}"] = sum(solved_within(e, k) for e in episodes) / len(episodes)
@@ -244,8 +256,8 @@ def evaluate_points(model, tokenizer, task: PointsTask, n_hands: int, turns: int
         broken = sum(e.attempts[0].messages == ["no formula found"] for e in episodes)
         out[f"{key}/no_formula@1"] = broken / len(episodes)
         if key == "ood":
-            bare, _ = play_episodes(model, tokenizer, hands, 1, max_new_tokens, greedy=True,
-                                    first_prompt=no_rule_prompt)
+            bare, _ = play_episodes(model, tokenizer, hands, 1, max_new_tokens, greedy=True, chat=chat,
+                                    first_prompt=lambda h: no_rule_prompt(h, "full" if chat else "compact"))
             out["ood_no_rule/success@1"] = sum(solved_within(e, 1) for e in bare) / len(bare)
             out["ood_no_rule/same_answer"] = sum(a.attempts[0].completion == b.attempts[0].completion
                                                  for a, b in zip(episodes, bare)) / len(bare)
@@ -270,7 +282,8 @@ def load_start(cfg: PointsConfig):
 
 
 def _eval_row(model, tokenizer, task, cfg, step: int, tokens: int, seconds: float) -> dict:
-    row = evaluate_points(model, tokenizer, task, cfg.eval_hands, cfg.eval_turns, cfg.max_completion_length)
+    row = evaluate_points(model, tokenizer, task, cfg.eval_hands, cfg.eval_turns, cfg.max_completion_length,
+                          chat=task.style == "full")
     return {"eval": 1, "compute/tokens": tokens, "time/train_s": round(seconds, 1), **row}
 
 
@@ -283,7 +296,8 @@ def train_rl(cfg: PointsConfig, model, tokenizer, task: PointsTask, log: Metrics
     evals, tokens, seconds = [], 0, 0.0
     for step in tqdm(range(1, cfg.max_steps + 1), desc=f"points rl (turns {cfg.max_turns})"):
         t0 = time.perf_counter()
-        metrics, used = episode_grpo_step(model, tokenizer, optimizer, rng.sample(hands, cfg.hands_per_step), cfg)
+        metrics, used = episode_grpo_step(model, tokenizer, optimizer, rng.sample(hands, cfg.hands_per_step), cfg,
+                                          chat=task.style == "full")
         tokens, seconds = tokens + used, seconds + time.perf_counter() - t0
         log.log(step, {**metrics, "compute/tokens": tokens})
         if step in marks:
@@ -311,7 +325,9 @@ def sft_schedule(lengths: list[int], cfg: PointsConfig) -> tuple[int, list[int],
 def train_sft(cfg: PointsConfig, model, tokenizer, task: PointsTask, log: MetricsLogger) -> list[dict]:
     from selfrl.sft import sft
 
-    pairs = [(task.format_prompt(q), a) for q, a in task.sft_examples(cfg.sft_per_hand, seed=cfg.seed)]
+    chat = task.style == "full"  # a chat model: the question as a user turn, the answer as the assistant's
+    pairs = [(render(conversation(task.format_prompt(q), []), tokenizer, True)[0] if chat else task.format_prompt(q), a)
+             for q, a in task.sft_examples(cfg.sft_per_hand, seed=cfg.seed)]
     lengths = [len(tokenizer(p + a, add_special_tokens=False)["input_ids"]) + 1 for p, a in pairs]  # + EOS
     steps, cumulative, marks = sft_schedule(lengths, cfg)
     evals, done, t0 = [], [0], time.perf_counter()
@@ -337,7 +353,9 @@ def train_points(cfg: PointsConfig) -> dict:
     config_loader.save(cfg, out / "config.yaml")
     model, tokenizer = load_start(cfg)
     model.eval()
-    task = PointsTask(style="compact")
+    # a chat model plays the instruction prompt through its template; the organism the compact question, plain
+    chat = use_chat_template(tokenizer, cfg.apply_chat_template, cfg.model_name_or_path)
+    task = PointsTask(style="full" if chat else "compact")
     log = MetricsLogger(out, cfg.report_to)
     try:
         evals = [{"step": 0, **_eval_row(model, tokenizer, task, cfg, 0, 0, 0.0)}] if cfg.eval_start else []

@@ -189,3 +189,82 @@ def test_study_report_counts_seeds_from_the_runs(tmp_path):
     # Last-step training reward: seeds -2, -3 -> mean -2.50; group spread 0.0, 0.5 -> mean 0.25.
     assert "- RL, 1 turn(s): -1.00 -> -2.50; episode reward sd within groups at the last step: 0.25" in report
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_chat_model_plays_through_its_template_and_trains_on_its_own_turns(tmp_path, monkeypatch):
+    """An HF chat model (a tiny random Qwen2 with a ChatML template, saved locally): `selfrl points` renders each
+    episode through the template (the instruction prompt as the first user turn, the verifier's reasons as the next
+    user turn) and the loss picks only the assistant turns and their end-of-turn tokens."""
+    from selfrl.organism import OrganismSpec
+    from tests.test_points import chat_tokenizer
+
+    tok = chat_tokenizer()
+    model_dir = tmp_path / "chat_model"
+    model = build_model(OrganismSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+                        len(tok), 2048)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+    seen_prompts, seen_losses = [], []
+    real_policy_loss = core.policy_loss
+    monkeypatch.setattr(core, "policy_loss", lambda logp, old, adv, mask, **kw: seen_losses.append(mask.clone())
+                        or real_policy_loss(logp, old, adv, mask, **kw))
+    real_hands = PointsTask.hands
+    monkeypatch.setattr(PointsTask, "hands",
+                        lambda self, split: [HAND] * 8 if split == "train" else real_hands(self, split))
+    monkeypatch.setattr(points_rl, "generate", scripted_generate(seen_prompts))
+    cfg = PointsConfig(model_name_or_path=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1,
+                       hands_per_step=1, num_generations=2, max_turns=2, eval_points=1, eval_hands=1, eval_turns=1,
+                       max_completion_length=8, save_model=False).validate()
+    train_points(cfg)
+
+    first = [p for p in seen_prompts if "You failed" not in p]
+    assert first and first[0].startswith("<|im_start|>user\nYou are an expert player")  # the instruction prompt
+    assert first[0].endswith("<|im_end|>\n<|im_start|>assistant\n")  # opened for the assistant's turn
+    verifier = feedback(score(HAND, WRONG)[1])
+    second = [p for p in seen_prompts if "You failed" in p]
+    assert second and all(p.endswith(WRONG + "<|im_end|>\n<|im_start|>user\n" + verifier + "<|im_end|>\n"
+                                     "<|im_start|>assistant\n") for p in second)
+    # Row 1 of the step: wrong, verifier, correct. The shifted loss mask picks WRONG<|im_end|>correct<|im_end|>.
+    correct = answer_text(HAND, solutions(tuple(sorted(HAND.values)))[0])
+    row = points_rl.build_episode(HAND, points_rl.prompt_text(HAND, "full"),
+                                  [points_rl.Attempt(WRONG, -1, score(HAND, WRONG)[1]),
+                                   points_rl.Attempt(correct, 5, ["Correct solution"])], tok, chat=True)
+    ids = torch.tensor(row.input_ids)
+    picked = ids[1:][seen_losses[0][1][: len(ids) - 1].bool()]
+    assert tok.decode(picked, skip_special_tokens=False) == WRONG + "<|im_end|>" + correct + "<|im_end|>"
+
+
+def test_organism_without_template_stays_plain(tiny_points_dir):
+    from selfrl.tasks import use_chat_template
+
+    _, tok = load_points_organism(tiny_points_dir)
+    assert use_chat_template(tok, None, "organism") is False  # the compact question, plain text
+    assert points_rl.no_rule_prompt(HAND, "full").count("Note that each card must be used exactly once") == 1
+    assert HAND.rule not in points_rl.no_rule_prompt(HAND, "full")
+
+
+def test_chat_model_sft_arm_trains_on_user_turn_to_answer(tmp_path, monkeypatch):
+    """The SFT arm with a chat model: each pair is the question as a rendered user turn (generation prompt open) and
+    the solver's answer as the assistant's text."""
+    import selfrl.sft as sft_module
+    from selfrl.organism import OrganismSpec
+    from tests.test_points import chat_tokenizer
+
+    tok = chat_tokenizer()
+    model_dir = tmp_path / "chat_model"
+    build_model(OrganismSpec(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+                len(tok), 2048).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    seen = []
+    real = sft_module.sft
+    monkeypatch.setattr(sft_module, "sft", lambda model, tokenizer, pairs, **kw: seen.extend(pairs)
+                        or real(model, tokenizer, pairs, **kw))
+    cfg = PointsConfig(method="sft", model_name_or_path=str(model_dir), output_dir=str(tmp_path / "run"),
+                       compute_budget=3000, eval_points=1, eval_hands=1, eval_turns=1, max_completion_length=4,
+                       save_model=False).validate()
+    train_points(cfg)
+    prompt, answer = seen[0]
+    assert prompt.startswith("<|im_start|>user\nYou are an expert") and prompt.endswith("<|im_start|>assistant\n")
+    assert json.loads(answer)["formula"].endswith("=24")
