@@ -208,6 +208,8 @@ CASES = [
     ("no-cuda", lambda ws, m, mp: train_args(ws, m, "device=cuda"), r"device: cuda requested but torch sees no CUDA device"),
     ("vllm-no-gpu", lambda ws, m, mp: train_args(ws, m, "use_vllm=true"),
      r"use_vllm: vLLM rollouts need a CUDA GPU; torch sees none \(set use_vllm: false on CPU\)"),
+    ("fsdp-lora", lambda ws, m, mp: train_args(ws, m, "fsdp=true", "use_peft=true"),
+     r"fsdp: LoRA trains a few adapter weights on a frozen base; shard full-weight training only"),
     ("lora-bad-target", lambda ws, m, mp: train_args(ws, m, "use_peft=true", "lora_target_modules=no_such_proj"),
      r"lora_target_modules: Target modules \{'no_such_proj'\} not found in the base model"),
     ("export-not-a-checkpoint", lambda ws, m, mp: ["export", str(ws), "--out", str(ws / "model")],
