@@ -36,8 +36,9 @@ interrupted proposer phase restarts from its round's start. Every sample is draw
 round, step), so a resumed loop writes what an uninterrupted one would. A changed config is refused, naming the
 first field that differs.
 
-Launch: 1 CPU, the organism: `selfrl synth selfrl/lab/configs/synth_study_proposer.yaml` (minutes);
-1 GPU: `--set device=cuda` in this config and in the solver's.
+Launch: 1 CPU, the organism: `python -m selfrl.lab.synth_study --only proposer --seeds 0` (about 3 minutes; it
+runs `selfrl synth` with the `synth:` and `proposer:` fields of selfrl/lab/configs/synth_study.yaml and its
+`solver:` fields as solver_config); 1 GPU: device cuda in the synth config and in the solver's.
 """
 from __future__ import annotations
 
