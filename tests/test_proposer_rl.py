@@ -145,3 +145,25 @@ def test_bad_proposer_config_is_one_line():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "proposer_training: must be false unless" in proc.stderr
+
+
+def test_the_writer_organisms_warm_up_holds_questions_only_from_the_sft_split():
+    """organism2-writer's writing pairs (docs/synth.md): "q;q;q;q;" -> a fifth question and "#" -> a question, every
+    question from the sft split, no answer anywhere, and the sums pairs last (the SFT holdout stays sums')."""
+    from selfrl.organism import ORGANISM2, ORGANISM2_WRITER
+    from selfrl.tasks.sums import SumsTask, SumsWriterTask
+
+    sums, writer = SumsTask(), SumsWriterTask(num_in_context=300, num_direct=200)
+    solving = sums.sft_examples()
+    pairs = writer.sft_examples()
+    assert pairs[-len(solving):] == solving  # organism2's pairs, unchanged and last
+    writing = pairs[: -len(solving)]
+    sft_qs = {q for q, _ in solving}
+    others = set(sums.train_prompts()) | {q for s in ("val", "test") for q, _ in sums.eval_examples(s)}
+    assert sum(p == "#" for p, _ in writing) == 200
+    for prompt, question in writing:
+        shown = [] if prompt == "#" else prompt.split(";")[:-1]
+        assert prompt == "#" or (len(shown) == 4 and prompt.endswith(";") and question not in shown)
+        assert {question, *shown} <= sft_qs and not ({question, *shown} & others)
+        assert question.endswith("=") and question.count("=") == 1  # a question, never a worked answer
+    assert ORGANISM2_WRITER.key() != ORGANISM2.key()  # its own cache entry: organism2 is untouched
