@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -54,8 +53,6 @@ from tqdm.auto import tqdm
 from selfrl import core
 from selfrl.errors import SelfRLError
 from selfrl.rollout import encode_prompts, generate, score
-
-log = logging.getLogger("selfrl")
 
 
 # ------------------------------------------------------------------------------------------------- one GRPO step

@@ -181,6 +181,67 @@ def probe_writers(spec: dict, seed: int) -> dict | None:
     return res
 
 
+def question_sets(spec: dict, seeds: list[int], sample: int = 512, votes: int = 8) -> dict:
+    """Why the rows differ: for each set of training questions (the original ones; each seed's in-context and direct
+    files), `sample` of its questions (seeded) answered `votes` times by the START model at T 1.0. Reported: the start
+    model's greedy accuracy, its majority share, and how often its majority answer is right: the share of pseudo-
+    labels a label-free run starts from that are correct. The right answer of a sums question is the sum of its
+    operands, computed HERE, for this analysis only (training never sees it). Cached in question_sets.json."""
+    import random
+
+    import torch
+
+    from selfrl import core, synth
+    from selfrl.models import load_model
+    from selfrl.rollout import encode_prompts, generate
+    from selfrl.tasks import load_task
+
+    out = Path(spec["output_dir"])
+    cache = out / "question_sets.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    task = load_task("sums")
+    sets = {"original": task.train_prompts()}
+    for mode in ("in_context", "direct"):
+        for seed in seeds:
+            f = out / "synth" / mode / f"seed_{seed}" / "questions.jsonl"
+            if f.is_file():
+                sets[f"{mode}/seed_{seed}"] = [json.loads(line)["prompt"] for line in f.read_text().splitlines()]
+    model, tokenizer = load_model(synth.model_path(spec["model"]), torch.device("cpu"))
+    model.eval()
+    length = spec["solver"]["max_completion_length"]
+    res = {}
+    for name, qs in sets.items():
+        qs = random.Random(0).sample(qs, min(sample, len(qs)))
+        gold = [str(sum(int(x) for x in q.rstrip("=").split("+"))) for q in qs]  # analysis only
+        greedy = []
+        for i in range(0, len(qs), 128):
+            greedy += generate(model, tokenizer, encode_prompts(tokenizer, qs[i:i + 128], torch.device("cpu")), 1,
+                               length, greedy=True).texts
+        torch.manual_seed(0)
+        texts = synth.sample_texts(model, tokenizer, qs, votes, length, 1.0, 64, False)
+        maj = [core.majority_vote([task.extract_answer(t) for t in texts[i * votes:(i + 1) * votes]], task.is_equivalent)
+               for i in range(len(qs))]
+        res[name] = {"questions": len(sets[name]), "sampled": len(qs),
+                     "greedy_accuracy": sum(task.extract_answer(t) == g for t, g in zip(greedy, gold)) / len(qs),
+                     "mean_majority_share": sum(s for _, s in maj) / len(qs),
+                     "label_accuracy": sum(a == g for (a, _), g in zip(maj, gold)) / len(qs),
+                     "four_operands": sum(q.count("+") == 3 for q in qs) / len(qs)}
+    cache.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def training_signals(out: Path, row: str, seeds: list[int]) -> dict | None:
+    """Means over every training step and seed of the label-free signals the solver's runs log."""
+    from selfrl.logger import read_metrics
+
+    dirs = [d for seed in seeds for d in ([out / row / f"seed_{seed}"] if not row.startswith("proposer") else
+                                          sorted((out / row / f"seed_{seed}" / "solver").glob("round_*")))]
+    rows = [m for d in dirs if (d / "metrics.jsonl").is_file() for m in read_metrics(d) if m["step"] > 0]
+    keys = ("reward/pseudo", "vote/majority_share", "vote/unanimous_groups")
+    return {k: statistics.mean(m[k] for m in rows if k in m) for k in keys} if rows else None
+
+
 def _last_policy(run_dir: Path) -> Path:
     from selfrl.checkpoint import latest_checkpoint
 
@@ -223,6 +284,8 @@ def report(spec: dict, rows: list[str], seeds: list[int]) -> dict:
         probe = probe_writers(spec, seed)
         if probe is not None:
             res.setdefault("probe", {})[seed] = probe
+    res["question_sets"] = question_sets(spec, seeds)
+    res["training_signals"] = {row: training_signals(out, row, seeds) for row in rows}
     (out / "report.json").write_text(json.dumps(res, indent=1))
     (out / "report.md").write_text(markdown(res, seeds))
     plot(res, out / "curves.png")
@@ -259,6 +322,19 @@ def markdown(res: dict, seeds: list[int]) -> str:
         for name, rounds in res["proposer_rounds"].items():
             lines.append(f"| {name} | " + ", ".join(f"{x['mean_proposer_reward']:.3f}" for x in rounds) + " | "
                          + ", ".join(str(x["counts"]["kept"]) for x in rounds) + " |")
+    if res.get("question_sets"):
+        lines += ["", "| training questions | count | start model greedy | its majority share (8 at T 1) | "
+                  "its majority answer right (pseudo-label accuracy) | four operands |", "| --- " * 6 + "|"]
+        for name, q in res["question_sets"].items():
+            lines.append(f"| {name} | {q['questions']} | {q['greedy_accuracy']:.3f} | {q['mean_majority_share']:.3f} | "
+                         f"{q['label_accuracy']:.3f} | {q['four_operands']:.3f} |")
+    if res.get("training_signals"):
+        lines += ["", "| row | reward/pseudo | vote/majority_share | vote/unanimous_groups (means over steps, seeds) |",
+                  "| --- " * 4 + "|"]
+        for row, t in res["training_signals"].items():
+            if t:
+                lines.append(f"| {row} | {t['reward/pseudo']:.3f} | {t['vote/majority_share']:.3f} | "
+                             f"{t['vote/unanimous_groups']:.3f} |")
     if res.get("probe"):
         lines += ["", "| seed | judge | start writer: mean reward (kept) | trained proposer: mean reward (kept) |",
                   "| --- | --- | --- | --- |"]
@@ -309,9 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     rows, seeds = args.only or spec["rows"], args.seeds or spec["seeds"]
     if not args.report_only:
         run(spec, rows, seeds)
-    res = report(spec, spec["rows"], seeds)
+    report(spec, spec["rows"], seeds)
     print((Path(spec["output_dir"]) / "report.md").read_text())
-    del res
 
 
 if __name__ == "__main__":
