@@ -25,8 +25,9 @@ Outputs, in `output_dir` (an existing one is never overwritten):
                        share and proposer reward
     report.json, report.md   the count per filter, the settings, examples of each drop
 
-Launch: `selfrl synth CONFIG [--set key=value ...]`; 1 CPU: the organism (`model: organism`, task arith; see
-docs/synth.md for its templates) in seconds; 1 GPU: any HF chat model (`device: auto`), prompts rendered through its
+Launch: `selfrl synth CONFIG [--set key=value ...]`; 1 CPU: `model: organism2-writer`, task sums (the organism
+taught to write questions; templates "{examples};" with separator ";", and "#": selfrl/lab/configs/synth_study.yaml)
+in about 30 s; 1 GPU: any HF chat model (`device: auto`), prompts rendered through its
 chat template. Sampling is selfrl/rollout.generate (each prompt's KV cache shared by its samples), batched.
 """
 from __future__ import annotations
