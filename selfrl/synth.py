@@ -28,7 +28,8 @@ Outputs, in `output_dir` (an existing one is never overwritten):
 Launch: `selfrl synth CONFIG [--set key=value ...]`; 1 CPU: `model: organism2-writer`, task sums (the organism
 taught to write questions; templates "{examples};" with separator ";", and "#": selfrl/lab/configs/synth_study.yaml)
 in about 20 s (1,536 questions written, 8 votes each, 1 thread); 1 GPU: any HF chat model (`device: auto`), prompts
-rendered through its chat template. Sampling is selfrl/rollout.generate (each prompt's KV cache shared by its samples), batched.
+rendered through its chat template. Sampling is selfrl/rollout.generate (each prompt's KV cache shared by its
+samples), batched.
 """
 from __future__ import annotations
 
