@@ -48,11 +48,12 @@ def cfg_of(**kw) -> seal.SealConfig:
 def test_a_useful_edit_has_positive_gain_and_an_empty_edit_zero(use_peft):
     """The tiny model is untrained: its greedy answer to the question is not "teal", so the no-update accuracy is 0
     (checked). The hand-made edit is the question's own prompt followed by its answer (the question template is set
-    to one line so that an edit line can hold it); 40 epochs on that line and the passage make the model reproduce
-    it, so the updated accuracy is 1 and the gain, averaged over 2 inner seeds, is 1 - 0 = 1. An edit with no line
-    is no edit: gain exactly 0, and the model is left as it was."""
+    to one line so that an edit line can hold it); 100 epochs at lr 5e-3 on that line and the passage make the model
+    reproduce it, so the updated accuracy is 1 and the gain, averaged over 2 inner seeds, is 1 - 0 = 1 (at lr 1e-2 the
+    LoRA update overshot for some seeds: 1 in 4 seeds failed with peft 0.21; at 5e-3 x 100 epochs 10 of 10 pass). An
+    edit with no line is no edit: gain exactly 0, and the model is left as it was."""
     model, tok = tiny_model()
-    cfg = cfg_of(use_peft=use_peft, sequence_template="{text}", inner_epochs=40, inner_learning_rate=1e-2, lora_r=8, lora_alpha=16,
+    cfg = cfg_of(use_peft=use_peft, sequence_template="{text}", inner_epochs=100, inner_learning_rate=5e-3, lora_r=8, lora_alpha=16,
                  lora_target_modules="all-linear")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     base = seal.closed_book_accuracy(model, tok, CTX, cfg)
