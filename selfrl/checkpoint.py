@@ -235,16 +235,35 @@ def load_checkpoint(ckpt: Path, model, momentum: dict | None, optimizer, schedul
     """Restore everything in place; returns meta (step, cursor, ...). rng=False keeps the current RNG streams.
     A sharded checkpoint (shards/) loads into `model` and `momentum_model` however many processes now hold them
     (collective: every process calls it)."""
-    if (ckpt / SHARDS).is_dir():
-        return _load_sharded(ckpt, model, momentum_model, optimizer, scheduler, rng)
+    sharded = (ckpt / SHARDS).is_dir()
     try:
         meta = json.loads((ckpt / "meta.json").read_text())
-        state = _load_policy_state(ckpt / "policy")
-        saved = load_file(ckpt / "momentum.safetensors") if momentum is not None else None
         opt = torch.load(ckpt / "optimizer.pt", weights_only=False)
         rng_state = torch.load(ckpt / "rng.pt", weights_only=False)
+        if sharded:  # weights, momentum and AdamW state, resharded to this run's processes
+            from selfrl import fsdp
+
+            models = {"policy": model, **({"momentum": momentum_model} if momentum_model is not None else {})}
+            fsdp.load(ckpt / SHARDS, models, optimizer)
+        else:
+            state = _load_policy_state(ckpt / "policy")
+            saved = load_file(ckpt / "momentum.safetensors") if momentum is not None else None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise SelfRLError(f"checkpoint {ckpt} is unreadable: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SelfRLError(f"checkpoint {ckpt} is unreadable: {first}") from None
+    if not sharded:
+        _set_weights(ckpt, model, state, momentum, saved)
+        optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    if rng:
+        torch.set_rng_state(rng_state["torch"])
+        np.random.set_state(rng_state["numpy"])
+        random.setstate(rng_state["python"])
+    return meta
+
+
+def _set_weights(ckpt: Path, model, state: dict, momentum: dict | None, saved: dict | None) -> None:
+    """An unsharded checkpoint's policy tensors into `model` and its momentum tensors into `momentum`, checked."""
     if lora.is_peft(model):  # the adapter alone; the frozen base was loaded from the run's `model`
         from peft import set_peft_model_state_dict
 
@@ -258,29 +277,3 @@ def load_checkpoint(ckpt: Path, model, momentum: dict | None, optimizer, schedul
     if momentum is not None:
         for k, v in momentum.items():
             v.copy_(saved[k])
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    if rng:
-        torch.set_rng_state(rng_state["torch"])
-        np.random.set_state(rng_state["numpy"])
-        random.setstate(rng_state["python"])
-    return meta
-
-
-def _load_sharded(ckpt: Path, model, momentum_model, optimizer, scheduler, rng: bool) -> dict:
-    from selfrl import fsdp
-
-    models = {"policy": model, **({"momentum": momentum_model} if momentum_model is not None else {})}
-    try:
-        meta = json.loads((ckpt / "meta.json").read_text())
-        fsdp.load(ckpt / SHARDS, models, optimizer)
-        opt = torch.load(ckpt / "optimizer.pt", weights_only=False)
-        rng_state = torch.load(ckpt / "rng.pt", weights_only=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise SelfRLError(f"checkpoint {ckpt} is unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    scheduler.load_state_dict(opt["scheduler"])
-    if rng:
-        torch.set_rng_state(rng_state["torch"])
-        np.random.set_state(rng_state["numpy"])
-        random.setstate(rng_state["python"])
-    return meta
