@@ -69,8 +69,10 @@ def shard(model: torch.nn.Module, mixed_precision: str = "no", gradient_checkpoi
 
 
 def is_sharded(model: torch.nn.Module | None) -> bool:
-    """Whether `shard` was applied to `model`."""
-    return model is not None and bool(_fsdp_modules(model))
+    """Whether `shard` was applied to `model` (its root becomes an FSDP module): a type check, cheap per step."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def local_shards(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
@@ -89,11 +91,11 @@ def _fsdp_modules(model: torch.nn.Module) -> list:
 def gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Within the block `model` holds whole weights on every process (one all-gather per FSDP unit, the same on every
     process) and its forward passes communicate nothing; resharded on exit. A plain model passes through."""
-    if getattr(model, "_selfrl_whole", False):  # already gathered by an enclosing block: nothing to do
+    if not is_sharded(model) or getattr(model, "_selfrl_whole", False):  # plain, or gathered by an enclosing block
         yield model
         return
     units = _fsdp_modules(model)
-    model._selfrl_whole = bool(units)
+    model._selfrl_whole = True
     for m in units:
         m.set_reshard_after_forward(False)
         m.unshard()

@@ -263,8 +263,7 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
         lora.add_momentum_adapter(model)
         momentum_state, ema_pairs = lora.adapter_state(model, lora.MOMENTUM), lora.adapter_pairs(model)
     elif anchored:
-        momentum = _frozen_copy(model)
-        momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
+        momentum = _frozen_copy(model)  # its tensors are paired with the policy's below, once any sharding is done
     if cfg.beta > 0 and not cfg.use_peft and cfg.method != "corewarding":  # corewarding's reference is its teacher
         ref = _frozen_copy(model)
     if cfg.fsdp and dist.world() > 1:  # the three sharded the same way: the EMA pairs each process's own slices
@@ -273,10 +272,10 @@ def _build(cfg: Config, run_dir: Path, device, resume: bool) -> Setup:
         for frozen in (momentum, ref):
             if frozen is not None:
                 fsdp.shard(frozen, mixed, trainable=False)
-        if momentum is not None:  # sharding replaced the parameters: pair up the new ones
-            momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if momentum is not None:  # after sharding, which replaces the parameters: the EMA pairs the ones now held
+        momentum_state, ema_pairs = dict(momentum.named_parameters()), (list(momentum.parameters()), list(model.parameters()))
     sampler = None
     if cfg.use_vllm:  # one engine per process (TRL's colocate mode), each on this process's GPU
         engine = vllm_backend.make_engine(model_path, cfg.vllm_gpu_memory_utilization, cfg.vllm_max_model_length,
