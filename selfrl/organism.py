@@ -219,7 +219,12 @@ def task_organism_path(task_spec: str, spec: OrganismSpec = OrganismSpec(), prog
     if it is not cached yet. The cache key is the spec's hash and a digest of the task's warm-up data and vocabulary."""
     from selfrl.tasks import load_task
 
-    task = load_task(task_spec)
+    return cached_task_organism(load_task(task_spec), spec, progress)
+
+
+def cached_task_organism(task, spec: OrganismSpec, progress: bool = True) -> Path:
+    """The cached organism of the task object `task` under `spec`, trained first if it is not cached yet: keyed by the
+    task's name, the spec's hash and a digest of the task's warm-up data and vocabulary."""
     pairs = task_sft_pairs(task)
     digest = hashlib.sha256(json.dumps([pairs, task_chars(task, pairs)]).encode()).hexdigest()[:10]
     final = cache_dir() / f"organism-{getattr(task, 'name', 'task')}-{spec.key()}-{digest}"
@@ -241,12 +246,14 @@ def organism2_path(progress: bool = True) -> Path:
 
 def resolve_organism(model: str, progress: bool = True) -> str:
     """A config's `model:` with the organism spellings resolved to a cached model directory (trained on first use):
-    'organism' (arith), 'organism2' (sums), 'organism:TASK' (TASK a built-in name or 'file.py:Class'). Any other
-    value (a path, a hub id) is returned unchanged."""
+    'organism' (arith), 'organism2' (sums), 'organism2-writer' (sums, and writes sums questions: selfrl synth),
+    'organism:TASK' (TASK a built-in name or 'file.py:Class'). Any other value (a path, a hub id) is returned unchanged."""
     if model == "organism":
         return str(organism_path(progress=progress))
     if model == "organism2":
         return str(organism2_path(progress=progress))
+    if model == "organism2-writer":
+        return str(writer_organism_path(progress=progress))
     if model.startswith("organism:"):
         return str(task_organism_path(model.removeprefix("organism:"), progress=progress))
     return model
@@ -302,16 +309,4 @@ def writer_organism_path(progress: bool = True) -> Path:
     own spec, task name and data digest."""
     from selfrl.tasks.sums import SumsWriterTask
 
-    task = SumsWriterTask()
-    pairs = task_sft_pairs(task)
-    digest = hashlib.sha256(json.dumps([pairs, task_chars(task, pairs)]).encode()).hexdigest()[:10]
-    final = cache_dir() / f"organism-{task.name}-{ORGANISM2_WRITER.key()}-{digest}"
-    if (final / "organism.json").is_file():
-        return final
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    stats = train_task_organism(task, ORGANISM2_WRITER, tmp, progress=progress)
-    log.info("organism trained: %s", {k: v for k, v in stats.items() if k != "vocabulary"})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # atomic: a half-trained organism is never picked up from the cache
-    return final
+    return cached_task_organism(SumsWriterTask(), ORGANISM2_WRITER, progress)

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from selfrl import core
 from selfrl.errors import SelfRLError
+from selfrl.organism import resolve_organism
 from selfrl.rollout import encode_prompts, generate, score
 
 
@@ -167,7 +168,7 @@ def run_rounds(cfg) -> dict:
     device = resolve_device(cfg.device)
     chat = use_chat_template(tokenizer, cfg.apply_chat_template, cfg.model)
     index = ContaminationIndex(evals, cfg.contamination_ngram)
-    start = synth.model_path(cfg.model, cfg.progress)
+    start = resolve_organism(cfg.model, cfg.progress)
     proposer_dir, solver_dir = start, start
     proposer_log = out / "proposer.jsonl"
     for r in tqdm(range(1, cfg.rounds + 1), desc="rounds", disable=not cfg.progress):

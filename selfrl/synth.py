@@ -260,6 +260,7 @@ def _load(cfg: SynthConfig):
     from selfrl.data import read_prompts
     from selfrl.errors import TaskError
     from selfrl.models import load_model, resolve_device
+    from selfrl.organism import resolve_organism
     from selfrl.tasks import load_task, with_chat_template
 
     task = load_task(cfg.task)
@@ -270,21 +271,9 @@ def _load(cfg: SynthConfig):
             evals[split] = [q for q, _ in task.eval_examples(split)]  # questions only: answers are never read
         except TaskError as e:
             raise ConfigError(f"contamination_splits: {e}") from None
-    model, tokenizer = load_model(model_path(cfg.model, cfg.progress), resolve_device(cfg.device), cfg.dtype)
+    model, tokenizer = load_model(resolve_organism(cfg.model, cfg.progress), resolve_device(cfg.device), cfg.dtype)
     model.eval()
     return model, tokenizer, with_chat_template(task, tokenizer, cfg.apply_chat_template, cfg.model), seeds, evals
-
-
-def model_path(model: str, progress: bool = True) -> str:
-    """A loadable directory for `model`: "organism" (arith), "organism2-writer" (sums, writes questions), or any
-    spelling `selfrl train` resolves ("organism2", "organism:TASK", a path, a hub id)."""
-    from selfrl.organism import organism_path, resolve_organism, writer_organism_path
-
-    if model == "organism":
-        return str(organism_path(progress=progress))
-    if model == "organism2-writer":
-        return str(writer_organism_path(progress=progress))
-    return resolve_organism(model, progress=progress)
 
 
 def run_synth(cfg: SynthConfig) -> dict:

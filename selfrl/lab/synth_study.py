@@ -21,6 +21,7 @@ from pathlib import Path
 
 from selfrl.config import read_yaml_mapping
 from selfrl.errors import SelfRLError
+from selfrl.organism import resolve_organism
 
 ROWS = ("original", "in_context", "direct", "mix", "proposer", "proposer_fixed")
 
@@ -64,13 +65,13 @@ def synthesize(spec: dict, out: Path, mode: str, seed: int) -> Path:
 
 
 def run(spec: dict, rows: list[str], seeds: list[int]) -> None:
-    from selfrl.synth import load_synth_config, model_path, run_synth
+    from selfrl.synth import load_synth_config, run_synth
 
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     solver_yaml = out / "solver.yaml"
     solver_yaml.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in spec["solver"].items()))
-    model = model_path(spec["model"])
+    model = resolve_organism(spec["model"])
     steps = spec["solver"]["max_steps"]
     for row in rows:  # row-major: the target rows (original, in_context) finish on every seed first
         for seed in seeds:
@@ -160,8 +161,8 @@ def probe_writers(spec: dict, seed: int) -> dict | None:
     index = ContaminationIndex(evals, cfg.contamination_ngram)
     prompts = synth.synthesis_prompts(cfg, seeds)
     cpu = torch.device("cpu")
-    writers = {"start writer": synth.model_path(spec["model"]), "trained proposer": loop / "proposer" / f"round_{rounds}"}
-    judges = {"start solver": synth.model_path(spec["model"]),
+    writers = {"start writer": resolve_organism(spec["model"]), "trained proposer": loop / "proposer" / f"round_{rounds}"}
+    judges = {"start solver": resolve_organism(spec["model"]),
               "proposer row's last solver": _last_policy(loop / "solver" / f"round_{rounds}")}
     res: dict = {}
     for jname, jpath in judges.items():
@@ -207,7 +208,7 @@ def question_sets(spec: dict, seeds: list[int], sample: int = 512, votes: int = 
             f = out / "synth" / mode / f"seed_{seed}" / "questions.jsonl"
             if f.is_file():
                 sets[f"{mode}/seed_{seed}"] = [json.loads(line)["prompt"] for line in f.read_text().splitlines()]
-    model, tokenizer = load_model(synth.model_path(spec["model"]), torch.device("cpu"))
+    model, tokenizer = load_model(resolve_organism(spec["model"]), torch.device("cpu"))
     model.eval()
     length = spec["solver"]["max_completion_length"]
     res = {}
