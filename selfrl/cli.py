@@ -180,8 +180,13 @@ def cmd_synth(args) -> None:
 def cmd_evolve(args) -> None:
     from selfrl.lab.evolve import run_evolve
 
-    out = run_evolve(args.config, args.out, args.compare, args.report_only, progress=not args.no_progress)
-    print(f"written: {out / 'report.md'}, {out}")
+    out = run_evolve(args.config, args.out, args.compare, args.report_only, progress=not args.no_progress,
+                     only=args.only)
+    if out is None:
+        print("these searches are done; the report is written once every search of --compare has run "
+              "(or run --report-only then)")
+    else:
+        print(f"written: {out / 'report.md'}, {out}")
 
 
 def cmd_organism(args) -> None:
@@ -314,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="search directory (default: the file's output_dir)")
     ev.add_argument("--compare", action="store_true", help="run each of the file's compare: selections x search_seeds")
     ev.add_argument("--report-only", action="store_true", help="run nothing; report on the archives that exist")
+    ev.add_argument("--only", action="append", metavar="SELECTION[/SEED]",
+                    help="with --compare: run only these searches (repeatable), e.g. to split them over processes")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evolve)
     o = sub.add_parser("organism", help="train a from-scratch character-level model on a task's sft_examples()")

@@ -315,6 +315,25 @@ def test_compare_runs_each_selection_and_shares_the_start(tmp_path, monkeypatch)
         run_evolve(cfg, tmp_path / "empty", report_only=True, progress=False)
 
 
+def test_compare_split_over_processes_with_only(tmp_path, monkeypatch):
+    # `--only` runs a subset of --compare's searches (two processes side by side share the cache); the report
+    # waits until every search has an archive, and a selection or seed outside the comparison is refused
+    from selfrl.lab.evolve import run_evolve
+
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    cfg = write_config(tmp_path, budget={"children": 1}, compare=["dgm", "latest"], search_seeds=[0, 1])
+    out = tmp_path / "cmp"
+    assert run_evolve(cfg, out, compare=True, progress=False, only=["latest/1"]) is None
+    assert sorted(p.parent.relative_to(out).as_posix() for p in out.glob("*/*/archive.json")) == ["latest/seed_1"]
+    assert run_evolve(cfg, out, compare=True, progress=False, only=["dgm", "latest/0"]) == out
+    assert (out / "report.md").is_file() and len(list(out.glob("*/*/archive.json"))) == 4
+    for bad in ("random", "dgm/7", "dgm/x"):
+        with pytest.raises(ConfigError, match=f"--only {bad}"):
+            run_evolve(cfg, out, compare=True, progress=False, only=[bad])
+    with pytest.raises(ConfigError, match="add --compare"):
+        run_evolve(cfg, out, progress=False, only=["dgm"])
+
+
 def test_minutes_budget_counts_the_search_wall_time(tmp_path, monkeypatch):
     # 0.001 minutes (0.06 s) are spent by the start recipe's two runs (two interpreter starts), so no child is
     # proposed; budget values must be positive integers for children and steps

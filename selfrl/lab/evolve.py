@@ -474,26 +474,45 @@ def heldout(ec: EvolveConfig, out: Path, archive: dict, cache_dir: Path) -> None
             write_json_atomic(out / ARCHIVE, archive)
 
 
+def parse_only(ec: EvolveConfig, only: list[str]) -> set[tuple[str, int]]:
+    """`--only dgm` or `--only dgm/1` (repeatable): the (selection, search seed) pairs of --compare to run here."""
+    picked = set()
+    for item in only:
+        selection, _, seed = item.partition("/")
+        if selection not in ec.compare or (seed and (not seed.isdigit() or int(seed) not in ec.search_seeds)):
+            raise ConfigError(f"--only {item}: expected SELECTION or SELECTION/SEED with a selection of compare "
+                              f"({', '.join(ec.compare)}) and a seed of search_seeds {ec.search_seeds}")
+        picked |= {(selection, s) for s in ec.search_seeds if not seed or s == int(seed)}
+    return picked
+
+
 def run_evolve(config: str | Path, out: str | Path | None = None, compare: bool = False, report_only: bool = False,
-               progress: bool = True) -> Path:
-    """`selfrl evolve`: one search (or, with `compare`, each of `compare` x `search_seeds`), then the report."""
+               progress: bool = True, only: list[str] | None = None) -> Path | None:
+    """`selfrl evolve`: one search (or, with `compare`, each of `compare` x `search_seeds`), then the report.
+    With `only` (compare alone) just those searches run, so the comparison can be split over processes that share
+    the result cache; the report is written once every search of the comparison has its archive (None before)."""
     from selfrl.lab.evolve_report import write_report
 
     ec = load_evolve(config)
     out = Path(out or ec.output_dir)
+    if only and not compare:
+        raise ConfigError("--only picks searches of --compare: add --compare")
     if not compare:
         dirs = [out]
         if not report_only:
             search(ec, out, progress)
     else:
+        picked = parse_only(ec, only) if only else None
         dirs = []
         for selection in ec.compare:
             for seed in ec.search_seeds:
                 sub = out / selection / f"seed_{seed}"
                 dirs.append(sub)
-                if not report_only:
+                if not report_only and (picked is None or (selection, seed) in picked):
                     search(load_evolve(config, {"selection": selection, "seed": seed}), sub, progress, out / "cache")
     missing = [d for d in dirs if not (d / ARCHIVE).is_file()]
+    if missing and only:
+        return None
     if missing:
         raise SelfRLError(f"no archive in {missing[0]}: run the search before --report-only")
     write_report(dirs, out)

@@ -80,7 +80,7 @@ def plot_tree(nodes: list[dict], png: Path, title: str) -> None:
     ax.set_ylabel("generation (depth)")
     ax.invert_yaxis()  # the start at the top
     ax.set_xticks([])
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)  # below the tree
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -128,6 +128,23 @@ def _diff(n: dict, parent_edits: int) -> str:
     return text or ("(start)" if n["parent"] is None else "(none)")
 
 
+def heldout_means(a: dict) -> dict[str, float]:
+    """{"start"/"best_recipe": mean held-out score over the seeds that scored} (a side with none is left out)."""
+    out = {}
+    for who, runs in (a.get("heldout") or {}).items():
+        if who in ("start", "best_recipe"):
+            s = [v["score"] for v in runs.values() if v["score"] is not None]
+            if s:
+                out[who] = statistics.fmean(s)
+    return out
+
+
+def heldout_gain(a: dict) -> float | None:
+    """The best recipe's mean held-out score minus the start's (None without both)."""
+    m = heldout_means(a)
+    return m["best_recipe"] - m["start"] if len(m) == 2 else None
+
+
 def search_md(name: str, a: dict) -> str:
     nodes = a["nodes"]
     best, start = best_full(nodes), nodes[0]
@@ -137,11 +154,10 @@ def search_md(name: str, a: dict) -> str:
              f"rejected), {sum(n['full'] for n in nodes[1:] if n['status'] == 'ok')} passed every stage.\n",
              f"start score {_f(start['score'])}; best full-evaluation score {_f(best['score'])} (node {best['id']}, "
              f"recipe {json.dumps(best['recipe'])}{', patched' if best['patch'] else ''}).\n"]
-    held = a.get("heldout") or {}
+    held, means = a.get("heldout") or {}, heldout_means(a)
     if held.get("start") and held.get("best_recipe"):
         def mean(who):
-            s = [v["score"] for v in held[who].values() if v["score"] is not None]
-            return f"{statistics.fmean(s):.3f} over {len(s)} seeds" if s else "no run scored"
+            return f"{means[who]:.3f}" if who in means else "no run scored"
         lines.append(f"held-out seeds ({', '.join(held['start'])}): start {mean('start')}, best recipe "
                      f"(node {held['best']}) {mean('best_recipe')}.\n")
     lines += ["| node | parent | change from parent | status | stage scores | kept | safety |",
@@ -165,11 +181,16 @@ def write_report(search_dirs: list[Path], out: Path) -> str:
           "evaluator.json).\n"]
     if len(search_dirs) > 1:
         plot_curves(archives, out / "best_so_far.png")
-        md += ["| selection | searches | best-so-far at the end (mean) | per search |", "|---|---:|---:|---|"]
+        md += ["| selection | searches | best-so-far at the end (mean) | per search | held-out: best recipe − start "
+               "(per search) |", "|---|---:|---:|---|---|"]
+        held = {}
+        for a in archives:
+            held.setdefault(a["config"].get("selection", "dgm"), []).append(heldout_gain(a))
         for selection, curves in by_selection(archives).items():
             ends = [c[-1][1] for c in curves]
+            gains = ", ".join("-" if g is None else f"{g:+.3f}" for g in held.get(selection, []))
             md.append(f"| {selection} | {len(curves)} | {statistics.fmean(ends):.3f} | "
-                      f"{', '.join(f'{e:.3f}' for e in ends)} |")
+                      f"{', '.join(f'{e:.3f}' for e in ends)} | {gains} |")
         md.append("\n![best so far](best_so_far.png)\n")
     for name, a in zip(names, archives):
         png = f"lineage_{name.replace('/', '_')}.png"
