@@ -397,3 +397,17 @@ def test_end_to_end_with_real_selfrl_train_children(tmp_path, tiny_model_dir):
         ran = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert ran["learning_rate"] == n["recipe"].get("learning_rate", base["learning_rate"]) and ran["max_steps"] == 2
     assert nodes[1]["diff"]["learning_rate"][0] == base["learning_rate"]
+
+
+def test_shipped_config_loads_and_builds_valid_child_configs(tmp_path):
+    # the example config of docs/evolve.md: every stage of the start recipe is a valid train config on the study's
+    # task, and its held-out seeds are disjoint from the seeds its stages select on
+    from selfrl.lab.evolve import child_config
+
+    ec = load_evolve(Path(__file__).parents[1] / "selfrl/lab/configs/evolve.yaml")
+    stage_seeds = {s for st in ec.stages for s in st.seeds}
+    assert stage_seeds and not stage_seeds & set(ec.heldout_seeds)
+    for st in ec.stages:
+        cfg = child_config(ec, {}, st, st.seeds[0], str(tmp_path / "run"))
+        assert (cfg.model, cfg.task, cfg.method) == ("organism2", "sums", "mgrpo")
+        assert cfg.max_steps == st.sets["max_steps"]
