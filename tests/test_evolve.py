@@ -325,6 +325,14 @@ def test_compare_split_over_processes_with_only(tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     assert run_evolve(cfg, out, compare=True, progress=False, only=["latest/1"]) is None
     assert sorted(p.parent.relative_to(out).as_posix() for p in out.glob("*/*/archive.json")) == ["latest/seed_1"]
+    # a search another process is still running has an archive, but no report is written over it
+    running = out / "latest" / "seed_1" / "archive.json"
+    done = json.loads(running.read_text())
+    assert done["finished"] is True
+    running.write_text(json.dumps({**done, "finished": False}))
+    assert run_evolve(cfg, out, compare=True, progress=False, only=["dgm", "latest/0"]) is None
+    assert not (out / "report.md").exists()
+    running.write_text(json.dumps(done))
     assert run_evolve(cfg, out, compare=True, progress=False, only=["dgm", "latest/0"]) == out
     assert (out / "report.md").is_file() and len(list(out.glob("*/*/archive.json"))) == 4
     for bad in ("random", "dgm/7", "dgm/x"):

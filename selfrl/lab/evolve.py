@@ -412,6 +412,7 @@ def search(ec: EvolveConfig, out: Path, progress: bool = True, cache_dir: Path |
     archive = load_archive(ec, out)
     nodes = archive["nodes"]
     start, before = time.monotonic(), archive["elapsed_s"]
+    archive["finished"] = False  # until the held-out runs are done: a report over --only searches waits for it
 
     def save() -> None:
         archive["elapsed_s"] = round(before + time.monotonic() - start, 2)
@@ -443,6 +444,8 @@ def search(ec: EvolveConfig, out: Path, progress: bool = True, cache_dir: Path |
             bar.update(1)
     bar.close()
     heldout(ec, out, archive, cache_dir)
+    archive["finished"] = True
+    save()
     return archive
 
 
@@ -511,8 +514,9 @@ def run_evolve(config: str | Path, out: str | Path | None = None, compare: bool 
                 if not report_only and (picked is None or (selection, seed) in picked):
                     search(load_evolve(config, {"selection": selection, "seed": seed}), sub, progress, out / "cache")
     missing = [d for d in dirs if not (d / ARCHIVE).is_file()]
-    if missing and only:
-        return None
+    if only:  # another process may still be running one of the comparison's searches: report once all are done
+        if missing or not all(json.loads((d / ARCHIVE).read_text()).get("finished", True) for d in dirs):
+            return None
     if missing:
         raise SelfRLError(f"no archive in {missing[0]}: run the search before --report-only")
     write_report(dirs, out)
