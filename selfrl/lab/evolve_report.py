@@ -86,10 +86,11 @@ def plot_tree(nodes: list[dict], png: Path, title: str) -> None:
     plt.close(fig)
 
 
-def by_selection(archives: list[dict]) -> dict[str, list[list[tuple[int, float]]]]:
+def by_selection(archives: list[dict]) -> dict[str, list[dict]]:
+    """The archives grouped by their selection rule, in order of first appearance."""
     out: dict[str, list] = {}
     for a in archives:
-        out.setdefault(a["config"].get("selection", "dgm"), []).append(best_so_far(a["nodes"]))
+        out.setdefault(a["config"].get("selection", "dgm"), []).append(a)
     return out
 
 
@@ -100,7 +101,8 @@ def plot_curves(archives: list[dict], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (selection, curves) in enumerate(by_selection(archives).items()):
+    for i, (selection, group) in enumerate(by_selection(archives).items()):
+        curves = [best_so_far(a["nodes"]) for a in group]
         colour = f"C{i}"
         for c in curves:
             ax.step(*zip(*c), where="post", color=colour, alpha=0.3, linewidth=1)
@@ -183,13 +185,10 @@ def write_report(search_dirs: list[Path], out: Path) -> str:
         plot_curves(archives, out / "best_so_far.png")
         md += ["| selection | searches | best-so-far at the end (mean) | per search | held-out: best recipe − start "
                "(per search) |", "|---|---:|---:|---|---|"]
-        held = {}
-        for a in archives:
-            held.setdefault(a["config"].get("selection", "dgm"), []).append(heldout_gain(a))
-        for selection, curves in by_selection(archives).items():
-            ends = [c[-1][1] for c in curves]
-            gains = ", ".join("-" if g is None else f"{g:+.3f}" for g in held.get(selection, []))
-            md.append(f"| {selection} | {len(curves)} | {statistics.fmean(ends):.3f} | "
+        for selection, group in by_selection(archives).items():
+            ends = [best_so_far(a["nodes"])[-1][1] for a in group]
+            gains = ", ".join("-" if g is None else f"{g:+.3f}" for g in map(heldout_gain, group))
+            md.append(f"| {selection} | {len(group)} | {statistics.fmean(ends):.3f} | "
                       f"{', '.join(f'{e:.3f}' for e in ends)} | {gains} |")
         md.append("\n![best so far](best_so_far.png)\n")
     for name, a in zip(names, archives):
