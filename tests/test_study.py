@@ -272,3 +272,6 @@ def test_study_rows_of_the_g32_and_collapse_probes():
     rows = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
     assert rows["mgrpo-g32"].num_generations == 32 and rows["mgrpo-g32"].num_momentum_generations is None
     assert {rows[f"{m}-lr1.5e-4"].learning_rate for m in ("oracle", "srt", "mgrpo", "corewarding")} == {1.5e-4}
+    # SRT at G 8, 16 and 32 in the collapse regime, as issue 14 asks
+    assert [(rows[r].num_generations, rows[r].learning_rate) for r in ("srt-lr1.5e-4", "srt-g16-lr1.5e-4", "srt-g32-lr1.5e-4")] \
+        == [(8, 1.5e-4), (16, 1.5e-4), (32, 1.5e-4)]
