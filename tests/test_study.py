@@ -275,3 +275,7 @@ def test_study_rows_of_the_g32_and_collapse_probes():
     # SRT at G 8, 16 and 32 in the collapse regime, as issue 14 asks
     assert [(rows[r].num_generations, rows[r].learning_rate) for r in ("srt-lr1.5e-4", "srt-g16-lr1.5e-4", "srt-g32-lr1.5e-4")] \
         == [(8, 1.5e-4), (16, 1.5e-4), (32, 1.5e-4)]
+    # the cosine rows at G 32: M-GRPO, and SRT and oracle at the same settings
+    for r in ("mgrpo-g32-cosine", "srt-g32-cosine", "oracle-g32-cosine"):
+        assert (rows[r].num_generations, rows[r].lr_scheduler_type, rows[r].warmup_ratio, rows[r].learning_rate) \
+            == (32, "cosine", 0.1, 1e-5)
