@@ -15,18 +15,19 @@ import torch
 
 
 def majority_vote(
-    answers: Sequence[str | None], is_equivalent: Callable[[str, str], bool]
+    answers: Sequence[str | None], is_equivalent: Callable[[str, str], bool], first: int = 0
 ) -> tuple[str | None, float]:
     """Most common non-None answer among the voters and its share of all voters.
 
     Answers are grouped into equivalence classes with the task's `is_equivalent` (first-seen representative),
-    so "0.5" and "1/2" vote together when the task says they are equal. Ties go to the class seen first, which
-    keeps the label deterministic for a fixed sample order. Unparseable answers (None) count as voters that
-    agree with nobody: the share is `count / len(answers)` (methods.md §0).
+    so "0.5" and "1/2" vote together when the task says they are equal. Ties go to the class seen first, reading
+    the voters from index `first` on and then from the start, which keeps the label deterministic for a fixed
+    sample order (mgrpo's `vote_ties: momentum` starts at the momentum model's voters). Unparseable answers (None)
+    count as voters that agree with nobody: the share is `count / len(answers)` (methods.md §0).
     """
     reps: list[str] = []
     counts: list[int] = []
-    for a in answers:
+    for a in [*answers[first:], *answers[:first]]:
         if a is None:
             continue
         for i, r in enumerate(reps):
@@ -44,14 +45,17 @@ def majority_vote(
 
 def vote_texts(
     texts: Sequence[str], extract: Callable[[str], str | None], is_equivalent: Callable[[str, str], bool],
-    keep: Sequence[bool] | None = None,
+    keep: Sequence[bool] | None = None, first: int = 0,
 ) -> tuple[list[str | None], str | None, float]:
     """Extract-then-vote, the one place it is written: each voter's answer (`extract`, None when unparseable), then
-    the majority vote among the kept voters (all when `keep` is None). Returns (answers of all voters, label, share).
+    the majority vote among the kept voters (all when `keep` is None), ties to the class seen first reading from
+    voter `first` on (majority_vote). Returns (answers of all voters, label, share).
     The trainer, the TRL rewards, the start-model votes and the online filter all call this."""
     answers = [extract(t) for t in texts]
     voters = answers if keep is None else [a for a, k in zip(answers, keep) if k]
-    label, share = majority_vote(voters, is_equivalent)
+    if keep is not None:  # `first` indexes all voters; among the kept ones it is the number kept before it
+        first = sum(bool(k) for k in keep[:first])
+    label, share = majority_vote(voters, is_equivalent, first)
     return answers, label, share
 
 

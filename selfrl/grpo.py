@@ -220,7 +220,8 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     voters = keep.clone()
     if cfg.method == "corewarding":  # Co-rewarding-II: the label is the EMA teacher's own vote; the policy abstains
         voters[:, :P] = False
-    votes = [core.vote_texts(row, task.extract_answer, eq, krow) for row, krow in zip(texts, voters.tolist())]
+    first = P if N and cfg.vote_ties == "momentum" else 0  # ties to the class seen first, from this voter on
+    votes = [core.vote_texts(row, task.extract_answer, eq, krow, first) for row, krow in zip(texts, voters.tolist())]
     answers, labels, shares = [v[0] for v in votes], [v[1] for v in votes], [v[2] for v in votes]
     if s.oracle_gold is not None:
         labels = [s.oracle_gold[i] for i in ids]  # labelled method: the ceiling, never label-free

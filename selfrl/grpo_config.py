@@ -79,6 +79,10 @@ class Config:
     """Drop low-entropy trajectories per prompt (H < Q1 − k·IQR) from the vote and the loss. Opt-in on any voting method."""
     iqr_k: float = 0.75
     """k of the IQR filter (paper: 0.75)."""
+    vote_ties: str = "policy"
+    """mgrpo: whose answer a tied pooled vote goes to. "policy" (default): the first voter's class, and the pool lists
+    the policy's samples first. "momentum" (ours, opt-in): the momentum model's, so a tie never hands the label to
+    the policy's own answer (the paper does not say how ties break)."""
     teacher_alpha_start: float = 0.01
     """corewarding: the EMA teacher's update rate α at step 1 (θt ← (1−α)·θt + α·θq); cosine-annealed to teacher_alpha_end (Co-rewarding-II code: 0.01)."""
     teacher_alpha_end: float = 1e-5
@@ -236,6 +240,9 @@ class Config:
             raise ConfigError("offline_labels: oracle trains on gold answers; offline pseudo-labels apply to label-free methods")
         if self.method == "corewarding" and self.offline_labels:
             raise ConfigError("offline_labels: corewarding's labels are its EMA teacher's vote, made every step")
+        if self.vote_ties == "momentum" and self.method != "mgrpo":
+            raise ConfigError(f"vote_ties: 'momentum' breaks ties in mgrpo's pooled vote; {self.method} pools no "
+                              "momentum rollouts with the policy's")
         if self.method == "intuitor" and (self.offline_labels or self.online_filter is not None):
             raise ConfigError("offline_labels/online_filter: intuitor's reward is self-certainty, not a vote")
         if self.method == "ttrl" and self.num_votes < self.num_generations:
@@ -323,6 +330,7 @@ class Config:
             "dtype": ("float32", "bfloat16"),
             "gate_action": ("continue", "rollback", "stop"),
             "collapse_detector": DETECTOR_ACTIONS,
+            "vote_ties": ("policy", "momentum"),
         }
         try:
             parse_report_to(self.report_to)

@@ -196,3 +196,10 @@ def test_sizes_are_derived_once():
     assert tuple(load_config(None, ["num_generations=8", "prompts_per_step=4"]).sizes()) == (4, 8, 6, 2)
     # ttrl votes over num_votes = 6 policy samples and trains the first num_generations = 4; no momentum
     assert tuple(load_config(None, ["method=ttrl", "num_generations=4", "num_votes=6", "prompts_per_step=4"]).sizes(2)) == (2, 6, 4, 0)
+
+
+def test_vote_ties_momentum_needs_mgrpo():
+    assert load_config(None, ["vote_ties=momentum"]).vote_ties == "momentum"  # mgrpo, the default method
+    msg = config_error(None, ["method=srt", "vote_ties=momentum"])
+    assert msg.startswith("vote_ties: ") and "srt" in msg
+    assert config_error(None, ["vote_ties=anchor"]).startswith("vote_ties: 'anchor' is not one of policy, momentum")

@@ -44,6 +44,25 @@ def test_majority_vote_tie_goes_to_first_seen():
     assert core.majority_vote(["1", "2"], exact) == ("1", pytest.approx(0.5))
 
 
+def test_majority_vote_tie_reads_from_first():
+    # Voters 0-1 say "2", voters 2-3 say "1": a 2-2 tie. Read from voter 2 on, "1" is seen first -> ("1", 2/4).
+    assert core.majority_vote(["2", "2", "1", "1"], exact, first=2) == ("1", pytest.approx(0.5))
+    # `first` only breaks ties: "2" has 3 of 4 votes and wins from any start.
+    assert core.majority_vote(["2", "2", "1", "2"], exact, first=2) == ("2", pytest.approx(0.75))
+    # "7" and "9" tie at 2 of 5. From voter 0 the order is 7, 9, 9, 5, 7 -> "7"; from voter 1 it wraps round:
+    # 9, 9, 5, 7, 7 -> "9".
+    assert core.majority_vote(["7", "9", "9", "5", "7"], exact) == ("7", pytest.approx(0.4))
+    assert core.majority_vote(["7", "9", "9", "5", "7"], exact, first=1) == ("9", pytest.approx(0.4))
+
+
+def test_vote_texts_first_counts_kept_voters_only():
+    # Voters a, b, B, B' (keep False on voter 0): kept are b, B, B'. first=2 indexes all voters; among the kept
+    # voters it is index 1, so the vote reads B, B', b. A 1-1-1 tie goes to "B" (exact answers = the text itself).
+    answers, label, share = core.vote_texts(["a", "b", "B", "c"], lambda t: t, exact, [False, True, True, True], 2)
+    assert answers == ["a", "b", "B", "c"] and label == "B" and share == pytest.approx(1 / 3)
+    assert core.vote_texts(["a", "b", "B", "c"], lambda t: t, exact, [False, True, True, True])[1] == "b"
+
+
 def test_majority_vote_equivalence_classes():
     # With Fraction equality, "1/2", "0.5" and "2/4" form one class of 3 votes; "3" has 2.
     # The class wins with 3/5 and is represented by its first member "1/2".

@@ -95,6 +95,19 @@ def test_corewarding_labels_are_the_teachers_vote(tiny_model_dir, tmp_path, monk
     assert abs(out.metrics["anchor/ema_decay"] - 0.99) < 1e-12 and out.metrics["anchor/kl"] is not None
 
 
+def test_vote_ties_momentum_reads_the_pool_from_the_momentum_voters(tiny_model_dir, tmp_path, monkeypatch):
+    sets = dict(method="mgrpo", num_generations=4, num_momentum_generations=1)
+    for ties, first in (("policy", 0), ("momentum", 3)):  # pool [3 policy | 1 momentum]: momentum is voter 3
+        s = setup(load_config(None, tiny_sets(tiny_model_dir, tmp_path / ties, vote_ties=ties, **sets)))
+        votes, rewards = [], []
+        spy(monkeypatch, "vote_texts", votes)
+        spy(monkeypatch, "match_rewards", rewards)
+        grpo_step(s, 1, s.cfg.sizes(), OFF)
+        assert [c[0][4] for c in votes] == [first] * 4  # every prompt's vote starts reading at `first`
+        # the rewards still go to the 3 trained policy answers, in pool order, against that vote's label
+        assert all(r[0][0] == v[2][0][:3] and r[0][1] == v[2][1] for r, v in zip(rewards, votes))
+
+
 def test_sampled_evaluation_is_logged_and_never_moves_training(tiny_model_dir, tmp_path):
     """val/mean@k and val/maj@k at every evaluation (issue 14 item 2), from an RNG stream of their own: the same run
     with and without them trains bit-identically."""
