@@ -279,3 +279,8 @@ def test_study_rows_of_the_g32_and_collapse_probes():
     for r in ("mgrpo-g32-cosine", "srt-g32-cosine", "oracle-g32-cosine"):
         assert (rows[r].num_generations, rows[r].lr_scheduler_type, rows[r].warmup_ratio, rows[r].learning_rate) \
             == (32, "cosine", 0.1, 1e-5)
+    # M-GRPO+IQR in the collapse regime with a 24-of-32 anchor that barely moves: M = 8 trained policy rollouts
+    big = rows["mgrpo+iqr-g32-n24-m0.9999-lr1.5e-4"]
+    assert (big.method, big.iqr_filter, big.learning_rate, big.ema_decay) == ("mgrpo", True, 1.5e-4, 0.9999)
+    assert tuple(big.sizes())[1:] == (32, 8, 24)
+    assert (rows["oracle-g32-lr1.5e-4"].num_generations, rows["oracle-g32-lr1.5e-4"].learning_rate) == (32, 1.5e-4)
