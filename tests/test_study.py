@@ -283,4 +283,3 @@ def test_study_rows_of_the_g32_and_collapse_probes():
     big = rows["mgrpo+iqr-g32-n24-m0.9999-lr1.5e-4"]
     assert (big.method, big.iqr_filter, big.learning_rate, big.ema_decay) == ("mgrpo", True, 1.5e-4, 0.9999)
     assert tuple(big.sizes())[1:] == (32, 8, 24)
-    assert (rows["oracle-g32-lr1.5e-4"].num_generations, rows["oracle-g32-lr1.5e-4"].learning_rate) == (32, 1.5e-4)
