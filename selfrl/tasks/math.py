@@ -20,10 +20,11 @@ sympy, behind math-verify, will happily try to compute 9^(9^9). So:
 * Nothing evaluates model text: we use only math-verify's LaTeX extractor (its plain-expression extractor runs
   sympy's `parse_expr`, i.e. `eval`); the LaTeX path `eval`s only number tokens of its own lexer
   (`sympy.Number("12")`), and the screen keeps them ASCII digits.
-* A sub-second SIGALRM backstop (`_bounded`) bounds what the screen lets through. math-verify's own timeouts are
-  turned off: they use `signal.alarm`, whole seconds only, cancel any outer alarm (pytest-timeout's, a user's)
-  without restoring it, and raise ValueError outside the main thread. Ours restores the outer timer; outside the
-  main thread (and on Windows) the screen alone bounds the cost.
+* A sub-second SIGALRM backstop (`_bounded`) bounds what the screen lets through. It measures wall time, which a
+  busy machine stretches, so a parse that overruns it is tried once more and only two overruns make an answer
+  unparseable for good. math-verify's own timeouts are turned off: they use `signal.alarm`, whole seconds only,
+  cancel any outer alarm (pytest-timeout's, a user's) without restoring it, and raise ValueError outside the main
+  thread. Ours restores the outer timer; outside the main thread (and on Windows) the screen alone bounds the cost.
 """
 from __future__ import annotations
 
@@ -187,16 +188,40 @@ def _screen(text: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse(text: str):
-    """math-verify's parse of a screened answer (a list, empty when unparseable); cached because majority voting
-    compares each answer with every class representative. A backstop timeout is cached as unparseable."""
+def _parse_once(text: str):
+    """One bounded parse; an _Overtime propagates, and lru_cache caches only what returns."""
     try:
         return _bounded(PARSE_SECONDS, parse, "\\boxed{" + text + "}", extraction_config=_LATEX_ONLY,
                         parsing_timeout=None)
-    except _Overtime:
-        return []
     except Exception:  # noqa: BLE001 - a verifier must not raise (issue 6); math-verify catches most errors itself
         return []
+
+
+def _parse(text: str):
+    """math-verify's parse of a screened answer (a list, empty when unparseable); cached because majority voting
+    compares each answer with every class representative. The backstop measures wall time, so a busy machine (two
+    runs side by side) can push a 30 ms parse past it: an overrun is therefore not cached but tried once more at
+    once, and only a text that overruns both times is unparseable from then on (a hostile one costs two backstops)."""
+    if text in _GAVE_UP:
+        return []
+    for _ in range(2):
+        try:
+            return _parse_once(text)
+        except _Overtime:
+            continue
+    if len(_GAVE_UP) >= 4096:
+        _GAVE_UP.clear()  # bounded, as the cache is
+    _GAVE_UP.add(text)
+    return []
+
+
+_GAVE_UP: set[str] = set()
+
+
+def clear_parse_cache() -> None:
+    """Forget every cached parse and every text given up on (tests that switch the screen off call this)."""
+    _parse_once.cache_clear()
+    _GAVE_UP.clear()
 
 
 def equivalent(a: str, b: str) -> bool:
