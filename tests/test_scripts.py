@@ -26,8 +26,9 @@ def test_iqr_sources_splits_the_filter_drops_by_model(tiny_model_dir, tmp_path):
         pol, mom, h_pol, h_mom = map(float, re.findall(r"(\d+\.\d+)", line)[:4])
         assert 0 <= pol <= 1 and 0 <= mom <= 1 and h_pol > 0 and h_mom > 0
         assert "(8 prompts, 2 + 6 samples)" in line
-    srt = tmp_path / "srt"
-    train(load_config(None, tiny_sets(tiny_model_dir, srt, method="srt")))
+    srt = tmp_path / "srt"  # the method is read from config.yaml before any checkpoint, so none is trained
+    srt.mkdir()
+    load_config(None, tiny_sets(tiny_model_dir, srt, method="srt")).save(srt / "config.yaml")
     out = subprocess.run([sys.executable, "scripts/iqr_sources.py", str(srt), "--steps", "1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "not mgrpo" in out.stderr
