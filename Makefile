@@ -21,7 +21,7 @@ demo: venv
 
 # One worker per core (pytest-xdist), each on one torch thread: two processes at 2 threads each slow each other
 # 20-35x. loadscope keeps a module's tests (and its module-scoped fixtures) on one worker. Measured on 2 cores:
-# 487-527 s, against 710-844 s for the same suite in one process.
+# 487-645 s over four runs (three within 487-527), against 710-844 s for the same suite in one process.
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadscope
 
