@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selfrl import core
+from selfrl import checkpoint, core
+from selfrl.errors import SelfRLError
 from selfrl.grpo_config import load_config
 from selfrl.rollout import encode_prompts, generate
 from selfrl.tasks import load_task
@@ -43,14 +44,14 @@ def main() -> None:
     _, _, M, N = cfg.sizes()
     prompts = load_task(cfg.task).train_prompts()[: args.prompts]
     for step in args.steps:
-        ckpt = args.run / f"step_{step:06d}"
+        ckpt = checkpoint.step_dir(args.run, step)
         policy = AutoModelForCausalLM.from_pretrained(ckpt / "policy").eval()
         tokenizer = AutoTokenizer.from_pretrained(ckpt / "policy")
         momentum = copy.deepcopy(policy)
-        unmatched = momentum.load_state_dict(load_file(ckpt / "momentum.safetensors"), strict=False)
-        tied = {"lm_head.weight"} if policy.config.tie_word_embeddings else set()
-        if set(unmatched.missing_keys) - tied or unmatched.unexpected_keys:
-            raise SystemExit(f"{ckpt}: momentum weights do not match the policy's ({unmatched})")
+        try:  # the momentum weights into a copy of the policy, with resume's check that they match the model
+            checkpoint._set_weights(ckpt, momentum, load_file(ckpt / "momentum.safetensors"), None, None)
+        except SelfRLError as e:
+            raise SystemExit(str(e)) from None
         torch.manual_seed(args.seed)
         H = torch.cat([mean_entropy(policy, tokenizer, prompts, M, cfg),
                        mean_entropy(momentum, tokenizer, prompts, N, cfg)], dim=1)  # (prompts, M + N) pool order

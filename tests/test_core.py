@@ -56,8 +56,8 @@ def test_majority_vote_tie_reads_from_first():
 
 
 def test_vote_texts_first_counts_kept_voters_only():
-    # Voters a, b, B, B' (keep False on voter 0): kept are b, B, B'. first=2 indexes all voters; among the kept
-    # voters it is index 1, so the vote reads B, B', b. A 1-1-1 tie goes to "B" (exact answers = the text itself).
+    # Voters a, b, B, c (keep False on voter 0): kept are b, B, c. first=2 indexes all voters; among the kept
+    # voters it is index 1, so the vote reads B, c, b. A 1-1-1 tie goes to "B" (exact answers = the text itself).
     answers, label, share = core.vote_texts(["a", "b", "B", "c"], lambda t: t, exact, [False, True, True, True], 2)
     assert answers == ["a", "b", "B", "c"] and label == "B" and share == pytest.approx(1 / 3)
     assert core.vote_texts(["a", "b", "B", "c"], lambda t: t, exact, [False, True, True, True])[1] == "b"

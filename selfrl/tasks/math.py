@@ -197,6 +197,9 @@ def _parse_once(text: str):
         return []
 
 
+_GAVE_UP: set[str] = set()  # texts that overran the backstop twice: unparseable from then on
+
+
 def _parse(text: str):
     """math-verify's parse of a screened answer (a list, empty when unparseable); cached because majority voting
     compares each answer with every class representative. The backstop measures wall time, so a busy machine (two
@@ -213,9 +216,6 @@ def _parse(text: str):
         _GAVE_UP.clear()  # bounded, as the cache is
     _GAVE_UP.add(text)
     return []
-
-
-_GAVE_UP: set[str] = set()
 
 
 def clear_parse_cache() -> None:
