@@ -21,6 +21,10 @@ from selfrl.tasks import load_task
 # The backstop's alarm can land in a GC callback, where Python ignores the exception and reports it; the alarm
 # re-fires 50 ms later and stops the work (see selfrl/tasks/math.py), so only that report is silenced here.
 pytestmark = pytest.mark.filterwarnings("ignore:(?s).*_Overtime:pytest.PytestUnraisableExceptionWarning")
+# pytest's unraisable hook imports tracemalloc on its first report; a re-fired alarm landing in that import (bytecode
+# compiling) broke the hook itself ("Failed to process unraisable exception"), seen once in six runs on a loaded
+# machine. Imported here, the hook's work shrinks to a lookup.
+import tracemalloc  # noqa: E402,F401
 BOUND = 1.0
 MB = 1 << 20
 _rng = random.Random(0)
