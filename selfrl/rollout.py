@@ -7,6 +7,8 @@ response tokens at the sampling temperature (as TRL does, so the gradient is tha
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -90,6 +92,27 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_name(forward_owner: type) -> str:
+    """The name a model's forward gives its KV cache: `cache` since transformers 5 renamed it (the old name warns on
+    every call), `past_key_values` before (pyproject allows transformers>=4.56)."""
+    return "cache" if "cache" in inspect.signature(forward_owner.forward).parameters else "past_key_values"
+
+
+def _with_cache(model, cache) -> dict:
+    """{name: cache} for `model(...)`. Wrappers (peft, DDP/FSDP) pass keyword arguments through to the transformers
+    model inside, so the name is read from that model's forward."""
+    inner = model
+    for _ in range(4):
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+        elif isinstance(getattr(inner, "module", None), torch.nn.Module):
+            inner = inner.module
+        else:
+            break
+    return {_cache_name(type(inner)): cache}
+
+
 def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int):
     """Run each prompt once and share it among its k samples: returns (logits of the next token (B*k, V), the KV
     cache expanded to B*k rows, positions (B*k,) of the next token). `model.generate` would run the prompt k times."""
@@ -97,8 +120,8 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int)
 
     cache = DynamicCache(config=model.config)
     position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P) left padding does not shift positions
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
+                use_cache=True, **_with_cache(model, cache), logits_to_keep=1)
     cache.batch_repeat_interleave(k)
     return out.logits[:, -1].repeat_interleave(k, dim=0), cache, (position_ids[:, -1] + 1).repeat_interleave(k, dim=0)
 
@@ -156,8 +179,8 @@ def generate(
             cache.batch_select_indices(live)
             active, mask, pos, nxt, ended = active[live], mask[live], pos[live], nxt[live], ended[live]
         mask = torch.nn.functional.pad(mask, (0, 1), value=1)
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None], past_key_values=cache,
-                       use_cache=True).logits[:, -1]
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
+                       use_cache=True, **_with_cache(model, cache)).logits[:, -1]
         pos = pos + 1
     resp = tokens[:, :steps]  # (R, T)
     is_eos = torch.isin(resp, stop)
@@ -255,7 +278,7 @@ def score(model, rollouts: Rollouts, temperature: float = 1.0, prompt_of: torch.
                 sub.update(kv.keys[p], kv.values[p], layer)
             positions = pos[p, None] + torch.arange(t - 1, device=ids.device)  # (n, t-1)
             rest = model(input_ids=ids[r, P : P + t - 1], attention_mask=mask[r, : P + t - 1], position_ids=positions,
-                         past_key_values=sub, use_cache=True).logits  # (n, t-1, V) predicts tokens 1..t-1
+                         **_with_cache(model, sub), use_cache=True).logits  # (n, t-1, V) predicts tokens 1..t-1
             logits = torch.cat([logits, rest], dim=1)  # (n, t, V)
         logits = logits / temperature
         logp = token_logprobs(logits, ids[r, P : P + t])  # (n, t)

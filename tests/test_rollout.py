@@ -155,3 +155,25 @@ def test_every_model_eos_ends_a_completion(tiny):
         assert ended_at_hash > 0  # '#' was drawn, so the check above ran
     finally:
         model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def test_the_kv_cache_goes_by_the_name_the_model_takes(tiny):
+    # transformers 5 renamed forward's `past_key_values` to `cache` and warns on the old name at every call; the
+    # sampler and scorer pass it by whichever name the model's forward (inside any peft wrapper) declares.
+    import inspect
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from selfrl.rollout import _with_cache
+
+    model, tok = tiny
+    expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    assert list(_with_cache(model, None)) == [expected]
+    wrapped = get_peft_model(type(model)(model.config), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert list(_with_cache(wrapped, None)) == [expected]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ro = generate(model, tok, _batch(tok), 2, 6)
+        score(model, ro, temperature=1.0)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
