@@ -152,6 +152,27 @@ def test_builtin_mutator_stays_in_range():
             assert space[k].check(v) == v and v != base[k]
 
 
+def test_builtin_mutator_redraws_a_change_that_makes_an_invalid_config(tmp_path):
+    # corewarding refuses offline_labels (Config.validate); the mutator, which changes fields independently, draws
+    # that pair often in this two-field space. Each such draw is drawn again, never proposed as a child.
+    from selfrl.lab.evolve import config_error, propose_child
+
+    space = {"method": {"choices": ["mgrpo", "corewarding"]}, "offline_labels": {"choices": [False, True]}}
+    ec = load_evolve(write_config(tmp_path, space=space, max_fields=2, base={
+        "model": "organism", "task": "arith", "method": "mgrpo", "learning_rate": 4.0e-4}))
+    assert "offline_labels" in config_error(ec, {"method": "corewarding", "offline_labels": True})
+    nodes = [{"id": 0, "parent": None, "recipe": {}, "patch": [], "score": 0.1, "status": "ok", "kept": True}]
+    seen = set()
+    for _ in range(40):
+        child = propose_child(ec, nodes)
+        assert child["status"] == "running", child.get("error")
+        rec = {"method": "mgrpo", "offline_labels": False, **child["recipe"]}
+        assert (rec["method"], rec["offline_labels"]) != ("corewarding", True)
+        seen.add((rec["method"], rec["offline_labels"]))
+        nodes.append({**child, "score": 0.1, "status": "ok", "kept": True})
+    assert {("mgrpo", True), ("corewarding", False)} <= seen  # both valid moves away from the start were drawn
+
+
 # ------------------------------------------------------------------------------------------------ the search
 class Scripted(http.server.BaseHTTPRequestHandler):
     """An OpenAI-compatible chat-completions endpoint answering from a script, recording the requests."""

@@ -126,6 +126,17 @@ def child_config(ec: EvolveConfig, node_recipe: dict, stage: Stage, seed: int, o
     return apply_overrides(cfg, {"seed": seed, "output_dir": output_dir}, "evolve").validate()
 
 
+def config_error(ec: EvolveConfig, node_recipe: dict) -> str | None:
+    """Why a recipe's child configs are invalid at some stage (the ConfigError's message), or None when all are
+    valid."""
+    try:
+        for stage in ec.stages:
+            child_config(ec, node_recipe, stage, stage.seeds[0], "unused")
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def load_evolve(path: str | Path, overrides: dict | None = None) -> EvolveConfig:
     """Parse and check an evolve file; every problem is a one-line ConfigError naming it."""
     path = Path(path)
@@ -299,7 +310,18 @@ def propose_child(ec: EvolveConfig, nodes: list[dict]) -> dict:
     base = defaults(ec)
     edits, why, answer = [], "", None
     if ec.mutator == "builtin":
-        change = recipe.mutate(parent["recipe"], base, ec.space, rng, ec.max_fields)
+        # A draw that makes an invalid config (e.g. corewarding with offline_labels) is drawn again rather than spent
+        # as a failed child: the mutator knows nothing of the rules between fields, Config.validate does.
+        for _ in range(100):
+            change = recipe.mutate(parent["recipe"], base, ec.space, rng, ec.max_fields)
+            invalid = config_error(ec, {**parent["recipe"], **change})
+            if invalid is None:
+                break
+        else:
+            node = new_node(nid, parent["id"], parent["recipe"], {}, parent["patch"], "builtin")
+            node.update(status="rejected", error=f"the built-in mutator drew no valid config in 100 tries: {invalid}")
+            log.warning("evolve: child %d: %s", nid, node["error"])
+            return node
     else:
         try:
             text = editable_text(ec, parent["patch"]) if ec.editable else None
