@@ -24,7 +24,7 @@ import json
 import torch
 
 from selfrl import core
-from selfrl.errors import TaskError
+from selfrl.errors import ConfigError, TaskError
 
 
 def completion_text(completion) -> str:
@@ -55,16 +55,19 @@ def prompt_groups(prompts: list) -> list[list[int]]:
     return list(groups.values())
 
 
-def _vote(task, prompts: list, completions: list, extra: list[list] | None) -> list[float]:
+def _vote(task, prompts: list, completions: list, extra: list[list] | None,
+          ties_to_extra: bool = False) -> list[float]:
     """r_i = 1[answer_i ≡ the majority answer of its group's pool]; the pool is the group's completions plus
-    `extra[g]` for group g (methods.md §0, §1: the extra voters vote but get no reward)."""
+    `extra[g]` for group g (methods.md §0, §1: the extra voters vote but get no reward). A tie goes to the class
+    seen first, reading from the group's completions, or from the extra voters when `ties_to_extra`."""
     if len(prompts) != len(completions):
         raise TaskError(f"{len(prompts)} prompts but {len(completions)} completions; expected one prompt per completion")
     texts = [completion_text(c) for c in completions]
     out = [0.0] * len(completions)
     for g, rows in enumerate(prompt_groups(prompts)):
         voters = [texts[i] for i in rows] + ([completion_text(c) for c in extra[g]] if extra else [])
-        answers, label, _ = core.vote_texts(voters, task.extract_answer, task.is_equivalent)
+        first = len(rows) if ties_to_extra and extra else 0
+        answers, label, _ = core.vote_texts(voters, task.extract_answer, task.is_equivalent, first=first)
         for i, r in zip(rows, core.match_rewards(answers[: len(rows)], label, task.is_equivalent)):
             out[i] = r
     return out
@@ -90,10 +93,16 @@ class PooledVoteReward:
     list on every row of one prompt (TRL repeats per-prompt columns that way). Without it this is
     MajorityVoteReward. TRL does not generate them; wrap the call, e.g.
     `lambda prompts, completions, **kw: pooled(prompts, completions, voter_completions=momentum(prompts))`
-    (examples/trl_reward.py)."""
+    (examples/trl_reward.py).
 
-    def __init__(self, task, name: str = "pooled_vote"):
-        self.task, self.__name__ = task, name
+    `vote_ties` is selfrl's trainer option of that name: "policy" (default) gives a tied vote to the class the
+    completions being trained show first; "momentum" gives it to the extra voters' (so a tie never hands the label to
+    the policy's own answer)."""
+
+    def __init__(self, task, name: str = "pooled_vote", vote_ties: str = "policy"):
+        if vote_ties not in ("policy", "momentum"):
+            raise ConfigError(f"vote_ties: expected 'policy' or 'momentum', got {vote_ties!r}")
+        self.task, self.__name__, self.vote_ties = task, name, vote_ties
 
     def __call__(self, prompts: list, completions: list, voter_completions: list | None = None,
                  **kwargs) -> list[float]:
@@ -109,7 +118,7 @@ class PooledVoteReward:
                     raise TaskError(f"voter_completions: rows {rows[0]} and the others of the same prompt carry "
                                     "different voters; give every row of a prompt the same list")
                 extra.append(list(first))
-        return _vote(self.task, prompts, completions, extra)
+        return _vote(self.task, prompts, completions, extra, ties_to_extra=self.vote_ties == "momentum")
 
 
 class SelfCertaintyReward:

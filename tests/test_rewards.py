@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from selfrl import core
-from selfrl.errors import TaskError
+from selfrl.errors import ConfigError, TaskError
 from selfrl.rewards import MajorityVoteReward, PooledVoteReward, SelfCertaintyReward, completion_text, prompt_groups
 from selfrl.tasks import load_task
 
@@ -67,6 +67,21 @@ def test_pooled_vote_extra_voters_vote_but_get_no_reward(arith):
         PooledVoteReward(arith)(prompts, completions, voter_completions=[["=4"], ["=3"], [], []])
     with pytest.raises(TaskError, match="voter_completions: 1 rows for 4 prompts"):
         PooledVoteReward(arith)(prompts, completions, voter_completions=[["=4"]])
+
+
+def test_pooled_vote_ties_go_to_the_voters_when_asked(arith):
+    # A: completions 3, 3, voters 4, 4 (2-2); B: completions 7, 8, voter 8 (8 wins outright)
+    prompts, completions = ["A", "A", "B", "B"], ["=3", "=3", "=7", "=8"]
+    voters = [["=4", "=4"], ["=4", "=4"], ["=8"], ["=8"]]
+    # default: the pool reads the completions first, so A's tie goes to 3
+    assert PooledVoteReward(arith)(prompts, completions, voter_completions=voters) == [1.0, 1.0, 0.0, 1.0]
+    # vote_ties="momentum": A's tie goes to the voters' 4; B's outright majority is unchanged
+    ties = PooledVoteReward(arith, vote_ties="momentum")
+    assert ties(prompts, completions, voter_completions=voters) == [0.0, 0.0, 0.0, 1.0]
+    # without voters there is nobody to give a tie to: the completions' own first class, as MajorityVoteReward
+    assert ties(["A", "A"], ["=3", "=4"]) == [1.0, 0.0]
+    with pytest.raises(ConfigError, match="vote_ties: expected 'policy' or 'momentum', got 'teacher'"):
+        PooledVoteReward(arith, vote_ties="teacher")
 
 
 def test_equivalence_is_the_tasks(tmp_path):
