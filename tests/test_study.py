@@ -283,3 +283,16 @@ def test_study_rows_of_the_g32_and_collapse_probes():
     big = rows["mgrpo+iqr-g32-n24-m0.9999-lr1.5e-4"]
     assert (big.method, big.iqr_filter, big.learning_rate, big.ema_decay) == ("mgrpo", True, 1.5e-4, 0.9999)
     assert tuple(big.sizes())[1:] == (32, 8, 24)
+
+
+def test_study_rows_of_the_cosine_collapse_setting():
+    # one setting for every part of issue 14's target: cosine with warm-up 0.1 at peak 1.5e-4; SRT at G 8, 16 and 32,
+    # oracle for the bar, corewarding to compare, and the 24-of-32 anchor row (M = 8 trained policy rollouts)
+    rows = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    names = ["mgrpo+iqr-g32-n24-m0.9999", "srt-g32", "srt-g16", "srt", "oracle", "corewarding"]
+    cfgs = [rows[f"{n}-cosine1.5e-4"] for n in names]
+    assert {(c.learning_rate, c.lr_scheduler_type, c.warmup_ratio, c.max_steps) for c in cfgs} == {(1.5e-4, "cosine", 0.1, 1000)}
+    assert [c.num_generations for c in cfgs] == [32, 32, 16, 8, 8, 8]
+    assert [c.method for c in cfgs] == ["mgrpo", "srt", "srt", "srt", "oracle", "corewarding"]
+    big = cfgs[0]
+    assert (big.iqr_filter, big.ema_decay, tuple(big.sizes())[1:]) == (True, 0.9999, (32, 8, 24))
