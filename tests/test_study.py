@@ -291,7 +291,8 @@ def test_study_rows_of_the_cosine_collapse_setting():
     rows = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
     names = ["mgrpo+iqr-g32-n24-m0.9999", "srt-g32", "srt-g16", "srt", "oracle", "corewarding"]
     cfgs = [rows[f"{n}-cosine1.5e-4"] for n in names]
-    assert {(c.learning_rate, c.lr_scheduler_type, c.warmup_ratio, c.max_steps) for c in cfgs} == {(1.5e-4, "cosine", 0.1, 1000)}
+    settings = {(c.learning_rate, c.lr_scheduler_type, c.warmup_ratio, c.max_steps) for c in cfgs}
+    assert settings == {(1.5e-4, "cosine", 0.1, 1000)}
     assert [c.num_generations for c in cfgs] == [32, 32, 16, 8, 8, 8]
     assert [c.method for c in cfgs] == ["mgrpo", "srt", "srt", "srt", "oracle", "corewarding"]
     big = cfgs[0]
