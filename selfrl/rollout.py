@@ -93,15 +93,16 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _cache_name(forward_owner: type) -> str:
-    """The name a model's forward gives its KV cache: `cache` since transformers 5 renamed it (the old name warns on
-    every call), `past_key_values` before (pyproject allows transformers>=4.56)."""
+def _cache_name_of(forward_owner: type) -> str:
+    """The name a model class's forward gives its KV cache: `cache` since transformers 5 renamed it (the old name
+    warns on every call), `past_key_values` before (pyproject allows transformers>=4.56)."""
     return "cache" if "cache" in inspect.signature(forward_owner.forward).parameters else "past_key_values"
 
 
-def _with_cache(model, cache) -> dict:
-    """{name: cache} for `model(...)`. Wrappers (peft, DDP/FSDP) pass keyword arguments through to the transformers
-    model inside, so the name is read from that model's forward."""
+def _cache_arg(model) -> str:
+    """The keyword under which `model(...)` takes its KV cache. Wrappers (peft, DDP/FSDP) pass keyword arguments
+    through to the transformers model inside, so the name is read from that model's forward. Looked up once per
+    generate/score call, outside the per-token loop."""
     inner = model
     for _ in range(4):
         if hasattr(inner, "get_base_model"):
@@ -110,10 +111,10 @@ def _with_cache(model, cache) -> dict:
             inner = inner.module
         else:
             break
-    return {_cache_name(type(inner)): cache}
+    return _cache_name_of(type(inner))
 
 
-def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int):
+def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int, cache_arg: str):
     """Run each prompt once and share it among its k samples: returns (logits of the next token (B*k, V), the KV
     cache expanded to B*k rows, positions (B*k,) of the next token). `model.generate` would run the prompt k times."""
     from transformers import DynamicCache
@@ -121,7 +122,7 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int)
     cache = DynamicCache(config=model.config)
     position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P) left padding does not shift positions
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
-                use_cache=True, **_with_cache(model, cache), logits_to_keep=1)
+                use_cache=True, **{cache_arg: cache}, logits_to_keep=1)
     cache.batch_repeat_interleave(k)
     return out.logits[:, -1].repeat_interleave(k, dim=0), cache, (position_ids[:, -1] + 1).repeat_interleave(k, dim=0)
 
@@ -155,7 +156,8 @@ def generate(
     stop = torch.tensor(eos_ids(model, tokenizer), device=device)
     tokens = torch.full((n, max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)  # (R, T)
     stats = torch.zeros(3, n, max_new_tokens, device=device)  # (3, N, T): entropy, log-prob, self-certainty
-    logits, cache, pos = _prefill(model, prompt_ids, prompt_mask, k)
+    cache_arg = _cache_arg(model)
+    logits, cache, pos = _prefill(model, prompt_ids, prompt_mask, k, cache_arg)
     mask = prompt_mask.repeat_interleave(k, dim=0)  # (A, P+t) A rows still generating
     active = torch.arange(n, device=device)  # (A,) their row numbers
     ended = torch.zeros(n, dtype=torch.bool, device=device)  # (A,)
@@ -180,7 +182,7 @@ def generate(
             active, mask, pos, nxt, ended = active[live], mask[live], pos[live], nxt[live], ended[live]
         mask = torch.nn.functional.pad(mask, (0, 1), value=1)
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
-                       use_cache=True, **_with_cache(model, cache)).logits[:, -1]
+                       use_cache=True, **{cache_arg: cache}).logits[:, -1]
         pos = pos + 1
     resp = tokens[:, :steps]  # (R, T)
     is_eos = torch.isin(resp, stop)
@@ -264,7 +266,9 @@ def score(model, rollouts: Rollouts, temperature: float = 1.0, prompt_of: torch.
     for row, q in enumerate(prompt_of.tolist()):
         first_row.setdefault(q, row)
     firsts = torch.tensor([first_row[q] for q in range(len(first_row))], device=ids.device)  # a row of each prompt
-    first, cache, pos = _prefill(model, ids[firsts, :P], mask[firsts, :P], 1)  # (U, V), U rows, (U,) U prompts
+    cache_arg = _cache_arg(model)
+    # (U, V), U rows, (U,) U prompts
+    first, cache, pos = _prefill(model, ids[firsts, :P], mask[firsts, :P], 1, cache_arg)
     lengths = rollouts.response_mask.sum(dim=1).clamp(min=1).tolist()
     rows_out, parts = [], []
     for rows in length_buckets(lengths):
@@ -278,7 +282,7 @@ def score(model, rollouts: Rollouts, temperature: float = 1.0, prompt_of: torch.
                 sub.update(kv.keys[p], kv.values[p], layer)
             positions = pos[p, None] + torch.arange(t - 1, device=ids.device)  # (n, t-1)
             rest = model(input_ids=ids[r, P : P + t - 1], attention_mask=mask[r, : P + t - 1], position_ids=positions,
-                         **_with_cache(model, sub), use_cache=True).logits  # (n, t-1, V) predicts tokens 1..t-1
+                         **{cache_arg: sub}, use_cache=True).logits  # (n, t-1, V) predicts tokens 1..t-1
             logits = torch.cat([logits, rest], dim=1)  # (n, t, V)
         logits = logits / temperature
         logp = token_logprobs(logits, ids[r, P : P + t])  # (n, t)

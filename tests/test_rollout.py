@@ -165,13 +165,13 @@ def test_the_kv_cache_goes_by_the_name_the_model_takes(tiny):
 
     from peft import LoraConfig, get_peft_model
 
-    from selfrl.rollout import _with_cache
+    from selfrl.rollout import _cache_arg
 
     model, tok = tiny
     expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-    assert list(_with_cache(model, None)) == [expected]
+    assert _cache_arg(model) == expected
     wrapped = get_peft_model(type(model)(model.config), LoraConfig(r=2, target_modules=["q_proj"]))
-    assert list(_with_cache(wrapped, None)) == [expected]
+    assert _cache_arg(wrapped) == expected
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ro = generate(model, tok, _batch(tok), 2, 6)
