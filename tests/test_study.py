@@ -300,14 +300,17 @@ def test_study_rows_of_the_cosine_collapse_setting():
 
 
 def test_study_rows_of_the_cosine_collapse_setting_at_1500_steps():
-    # the same six rows run 1500 steps, in study order: the longest first, so two processes share them evenly
-    rows = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
-    names = ["mgrpo+iqr-g32-n24-m0.9999", "srt-g32", "corewarding", "srt-g16", "oracle", "srt"]
+    # the same six rows run 1500 steps; study order puts the anchor row and the oracle bar first
+    runs = build_runs(load_study("study"), Path("runs/study"))
+    rows = {r.row: r.cfg for r in runs}
+    names = ["mgrpo+iqr-g32-n24-m0.9999", "oracle", "srt-g32", "srt-g16", "srt", "corewarding"]
+    order = list(dict.fromkeys(r.row for r in runs if r.row.endswith("-1500steps")))
+    assert order == [f"{n}-cosine1.5e-4-1500steps" for n in names]
     cfgs = [rows[f"{n}-cosine1.5e-4-1500steps"] for n in names]
     settings = {(c.learning_rate, c.lr_scheduler_type, c.warmup_ratio, c.max_steps) for c in cfgs}
     assert settings == {(1.5e-4, "cosine", 0.1, 1500)}
-    assert [c.num_generations for c in cfgs] == [32, 32, 8, 16, 8, 8]
-    assert [c.method for c in cfgs] == ["mgrpo", "srt", "corewarding", "srt", "oracle", "srt"]
+    assert [c.num_generations for c in cfgs] == [32, 8, 32, 16, 8, 8]
+    assert [c.method for c in cfgs] == ["mgrpo", "oracle", "srt", "srt", "srt", "corewarding"]
     big = cfgs[0]
     assert (big.iqr_filter, big.ema_decay, tuple(big.sizes())[1:]) == (True, 0.9999, (32, 8, 24))
     short = rows["mgrpo+iqr-g32-n24-m0.9999-cosine1.5e-4"]
