@@ -252,7 +252,7 @@ def test_a_run_another_process_is_training_is_skipped_not_failed(study, tmp_path
     assert (run.run_dir / "metrics.jsonl").read_bytes() == before
 
 
-@pytest.mark.parametrize("name", ["study", "study_tuning", "detector_calibration"])
+@pytest.mark.parametrize("name", ["study", "study_tuning", "detector_calibration", "study_more_seeds"])
 def test_shipped_study_configs_build_a_valid_run_for_every_row(name):
     """A bad row of a shipped study would fail only when its turn came, hours in."""
     study = load_study(name)
@@ -260,7 +260,7 @@ def test_shipped_study_configs_build_a_valid_run_for_every_row(name):
     assert len(runs) >= len(study.rows) and {r.cfg.model for r in runs} == {"organism2"}
 
 
-@pytest.mark.parametrize("name", ["study_tuning", "detector_calibration"])
+@pytest.mark.parametrize("name", ["study_tuning", "detector_calibration", "study_more_seeds"])
 def test_tuning_and_calibration_train_only_on_seeds_the_study_does_not_report(name):
     """Issue 14: tune on seeds 100+, report on 0-2."""
     reported = {s for row in load_study("study").rows for s in row.seeds}
@@ -315,3 +315,13 @@ def test_study_rows_of_the_cosine_collapse_setting_at_1500_steps():
         long, short = rows[f"{n}-cosine1.5e-4-1500steps"], rows[f"{n}-cosine1.5e-4"]
         assert (long.max_steps, short.max_steps) == (1500, 1000)
         assert but_length(long) == but_length(short), n
+
+
+def test_more_seeds_runs_the_studys_own_1500_step_anchor_and_oracle_rows():
+    """study_more_seeds adds seeds to two of study.yaml's rows; the same name must mean the same run."""
+    study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    more = build_runs(load_study("study_more_seeds"), Path("runs/more"))
+    assert {r.seed for r in more} == {3, 4, 5}
+    for run in more:
+        same = {k: v for k, v in vars(run.cfg).items() if k not in ("seed", "output_dir")}
+        assert same == {k: v for k, v in vars(study[run.row]).items() if k not in ("seed", "output_dir")}, run.row
