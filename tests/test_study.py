@@ -317,6 +317,21 @@ def test_study_rows_of_the_cosine_collapse_setting_at_1500_steps():
         assert but_length(long) == but_length(short), n
 
 
+def test_study_rows_of_the_1500_step_setting_at_16_prompts_per_step():
+    """The -p16 rows are the 1500-step rows (tested above) with twice the prompts per step, and nothing else."""
+    runs = build_runs(load_study("study"), Path("runs/study"))
+    rows = {r.row: r.cfg for r in runs}
+    names = ["mgrpo+iqr-g32-n24-m0.9999", "oracle", "srt-g32", "srt-g16", "srt", "corewarding"]
+    order = list(dict.fromkeys(r.row for r in runs if r.row.endswith("-p16")))
+    assert order == [f"{n}-cosine1.5e-4-1500steps-p16" for n in names]
+    for n in names:
+        wide, narrow = rows[f"{n}-cosine1.5e-4-1500steps-p16"], rows[f"{n}-cosine1.5e-4-1500steps"]
+        assert (wide.prompts_per_step, narrow.prompts_per_step) == (16, 8)
+        drop = ("prompts_per_step", "output_dir")
+        assert {k: v for k, v in vars(wide).items() if k not in drop} == {
+            k: v for k, v in vars(narrow).items() if k not in drop}, n
+
+
 def test_more_seeds_runs_the_studys_own_1500_step_anchor_and_oracle_rows():
     """study_more_seeds adds seeds to two of study.yaml's rows; the same name must mean the same run."""
     study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
