@@ -299,37 +299,37 @@ def test_study_rows_of_the_cosine_collapse_setting():
     assert (big.iqr_filter, big.ema_decay, tuple(big.sizes())[1:]) == (True, 0.9999, (32, 8, 24))
 
 
-def test_study_rows_of_the_cosine_collapse_setting_at_1500_steps():
-    # the same six rows run 1500 steps, each equal to its 1000-step row (tested above) but for its length; study
-    # order puts the anchor row and the oracle bar first
+# the cosine collapse setting's six rows, in study order (the anchor row and the oracle bar first)
+SETTING_ROWS = ["mgrpo+iqr-g32-n24-m0.9999", "oracle", "srt-g32", "srt-g16", "srt", "corewarding"]
+
+
+def _but(cfg, *fields):
+    """A run's config less the fields named and output_dir (which differs between any two runs)."""
+    return {k: v for k, v in vars(cfg).items() if k not in (*fields, "output_dir")}
+
+
+def _assert_rows_differ_from_their_twins_only_in(suffix, twin_suffix, field, values):
+    """study.yaml's rows ending in `suffix` are SETTING_ROWS in order (no other row ends in its last part), and each
+    equals its `twin_suffix` row except for `field`, which is (row's, twin's) == `values`."""
     runs = build_runs(load_study("study"), Path("runs/study"))
     rows = {r.row: r.cfg for r in runs}
-    names = ["mgrpo+iqr-g32-n24-m0.9999", "oracle", "srt-g32", "srt-g16", "srt", "corewarding"]
-    order = list(dict.fromkeys(r.row for r in runs if r.row.endswith("-1500steps")))
-    assert order == [f"{n}-cosine1.5e-4-1500steps" for n in names]
+    tail = "-" + suffix.rsplit("-", 1)[1]
+    assert list(dict.fromkeys(r.row for r in runs if r.row.endswith(tail))) == [f"{n}{suffix}" for n in SETTING_ROWS]
+    for n in SETTING_ROWS:
+        row, twin = rows[f"{n}{suffix}"], rows[f"{n}{twin_suffix}"]
+        assert (getattr(row, field), getattr(twin, field)) == values
+        assert _but(row, field) == _but(twin, field), n
 
-    def but_length(cfg):
-        return {k: v for k, v in vars(cfg).items() if k not in ("max_steps", "output_dir")}
 
-    for n in names:
-        long, short = rows[f"{n}-cosine1.5e-4-1500steps"], rows[f"{n}-cosine1.5e-4"]
-        assert (long.max_steps, short.max_steps) == (1500, 1000)
-        assert but_length(long) == but_length(short), n
+def test_study_rows_of_the_cosine_collapse_setting_at_1500_steps():
+    # each equal to its 1000-step row (tested above) but for its length
+    _assert_rows_differ_from_their_twins_only_in("-cosine1.5e-4-1500steps", "-cosine1.5e-4", "max_steps", (1500, 1000))
 
 
 def test_study_rows_of_the_1500_step_setting_at_16_prompts_per_step():
     """The -p16 rows are the 1500-step rows (tested above) with twice the prompts per step, and nothing else."""
-    runs = build_runs(load_study("study"), Path("runs/study"))
-    rows = {r.row: r.cfg for r in runs}
-    names = ["mgrpo+iqr-g32-n24-m0.9999", "oracle", "srt-g32", "srt-g16", "srt", "corewarding"]
-    order = list(dict.fromkeys(r.row for r in runs if r.row.endswith("-p16")))
-    assert order == [f"{n}-cosine1.5e-4-1500steps-p16" for n in names]
-    for n in names:
-        wide, narrow = rows[f"{n}-cosine1.5e-4-1500steps-p16"], rows[f"{n}-cosine1.5e-4-1500steps"]
-        assert (wide.prompts_per_step, narrow.prompts_per_step) == (16, 8)
-        drop = ("prompts_per_step", "output_dir")
-        assert {k: v for k, v in vars(wide).items() if k not in drop} == {
-            k: v for k, v in vars(narrow).items() if k not in drop}, n
+    _assert_rows_differ_from_their_twins_only_in(
+        "-cosine1.5e-4-1500steps-p16", "-cosine1.5e-4-1500steps", "prompts_per_step", (16, 8))
 
 
 def test_more_seeds_runs_the_studys_own_1500_step_anchor_and_oracle_rows():
@@ -338,5 +338,4 @@ def test_more_seeds_runs_the_studys_own_1500_step_anchor_and_oracle_rows():
     more = build_runs(load_study("study_more_seeds"), Path("runs/more"))
     assert {r.seed for r in more} == {3, 4, 5}
     for run in more:
-        same = {k: v for k, v in vars(run.cfg).items() if k not in ("seed", "output_dir")}
-        assert same == {k: v for k, v in vars(study[run.row]).items() if k not in ("seed", "output_dir")}, run.row
+        assert _but(run.cfg, "seed") == _but(study[run.row], "seed"), run.row
