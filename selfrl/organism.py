@@ -8,7 +8,8 @@ selfrl/models.py's `load_model`.
 Any task with labelled warm-up data (`sft_examples()`) gets an organism the same way (`train_task_organism`,
 `selfrl organism --task FILE.py:Class --out DIR`, or `model: organism:FILE.py:Class`), its vocabulary taken from
 the task's own text. `organism2` is the one on the `sums` task (issue 14): its majority vote is right more often
-than its greedy answer, the regime label-free RL needs (docs/organism2.md).
+than its greedy answer, the regime label-free RL needs (docs/organism2.md). It is shipped as one reference build
+(selfrl/organisms/organism2), because the same seeded SFT gives a different model on a different CPU.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from selfrl.errors import TaskError
+from selfrl.errors import SelfRLError, TaskError
 from selfrl.sft import sft
 
 log = logging.getLogger(__name__)
@@ -239,19 +240,43 @@ def cached_task_organism(task, spec: OrganismSpec, progress: bool = True) -> Pat
     return final
 
 
+SHIPPED_ORGANISM2 = Path(__file__).parent / "organisms" / "organism2"
+ORGANISM2_SHA256 = "0b3fb9e3ebce246dcd0df037c13098b834f61f6327ae95b69e1e090052ab9e44"
+"""Digest of the shipped organism2's weights. The SFT is seeded and single-threaded, yet its result depends on the
+machine's float rounding (other CPUs, other kernels: validation greedy 0.486 on one build, 0.504 on another, and a
+different vote ceiling, docs/organism2.md), so one build is shipped and every machine trains from the same start."""
+
+
 def organism2_path(progress: bool = True) -> Path:
-    """The cached `organism2`: the `sums` task's organism (trained on first use)."""
+    """`organism2`: the reference build of the `sums` task's organism (ORGANISM2's recipe), shipped with selfrl so it
+    is the same model on every machine; its weights are checked against ORGANISM2_SHA256. `organism2-scratch` trains
+    the same recipe on this machine instead (organism2_scratch_path)."""
+    weights = SHIPPED_ORGANISM2 / "model.safetensors"
+    if not weights.is_file():
+        raise SelfRLError(f"{weights} is missing: reinstall selfrl, or use model: organism2-scratch to build organism2 here")
+    if hashlib.sha256(weights.read_bytes()).hexdigest() != ORGANISM2_SHA256:
+        raise SelfRLError(f"{weights} does not match organism2's recorded digest (edited or damaged): reinstall selfrl, "
+                          "or use model: organism2-scratch to build organism2 here")
+    return SHIPPED_ORGANISM2
+
+
+def organism2_scratch_path(progress: bool = True) -> Path:
+    """organism2's recipe trained from scratch on this machine (cached; trained on first use). The same recipe gives
+    a different model on another CPU (ORGANISM2_SHA256's note), so results are comparable only within one build."""
     return task_organism_path("sums", ORGANISM2, progress=progress)
 
 
 def resolve_organism(model: str, progress: bool = True) -> str:
     """A config's `model:` with the organism spellings resolved to a cached model directory (trained on first use):
-    'organism' (arith), 'organism2' (sums), 'organism2-writer' (sums, and writes sums questions: selfrl synth),
-    'organism:TASK' (TASK a built-in name or 'file.py:Class'). Any other value (a path, a hub id) is returned unchanged."""
+    'organism' (arith), 'organism2' (sums, the shipped build), 'organism2-scratch' (sums, organism2's recipe trained
+    here), 'organism2-writer' (sums, and writes sums questions: selfrl synth), 'organism:TASK' (TASK a built-in name
+    or 'file.py:Class'). Any other value (a path, a hub id) is returned unchanged."""
     if model == "organism":
         return str(organism_path(progress=progress))
     if model == "organism2":
         return str(organism2_path(progress=progress))
+    if model == "organism2-scratch":
+        return str(organism2_scratch_path(progress=progress))
     if model == "organism2-writer":
         return str(writer_organism_path(progress=progress))
     if model.startswith("organism:"):

@@ -2,6 +2,8 @@
 and its CLI, and the sampled evaluation (mean@k, maj@k) on hand-computed completions."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -154,3 +156,65 @@ def test_task_organism_is_cached_by_spec_and_data(tmp_path, monkeypatch):
     monkeypatch.setattr(organism, "train_task_organism", no_training)
     assert task_organism_path(f"{LETTERS}:Backwards", spec, progress=False) == first
     assert resolve_organism("some/model/dir") == "some/model/dir"  # not an organism spelling: unchanged
+
+
+def test_organism2_is_the_shipped_build_of_its_recipe_on_todays_data(monkeypatch):
+    """`organism2` resolves to the build shipped in the package, without training: its recipe is ORGANISM2, it was
+    trained on the sums task's current warm-up data, and it is the model docs/organism2.md measures (validation greedy
+    0.504; a tolerance of 6 questions for another CPU's rounding at inference)."""
+    import selfrl.organism as organism
+    from selfrl.evaluate import greedy_accuracy
+    from selfrl.models import load_model
+
+    def no_training(*_args, **_kw):
+        raise AssertionError("organism2 was trained instead of loaded")
+
+    monkeypatch.setattr(organism, "train_task_organism", no_training)
+    path = Path(resolve_organism("organism2", progress=False))
+    assert path == organism.SHIPPED_ORGANISM2
+    stats = json.loads((path / "organism.json").read_text())
+    task = load_task("sums")
+    pairs = task_sft_pairs(task)
+    assert stats["spec"] == dataclasses.asdict(organism.ORGANISM2)
+    assert stats["vocabulary"] == task_chars(task, pairs)
+    digest = hashlib.sha256(json.dumps([pairs, task_chars(task, pairs)]).encode()).hexdigest()[:10]
+    key = f"organism-sums-{organism.ORGANISM2.key()}-{digest}"  # cached_task_organism's key of a build made today
+    assert json.loads((path / "build.json").read_text())["cache_key"] == key
+    assert stats["holdout_size"] == 512 and stats["sft_steps"] == organism.ORGANISM2.sft_max_steps
+    torch.set_num_threads(1)
+    model, tokenizer = load_model(str(path), torch.device("cpu"))
+    acc = greedy_accuracy(model, tokenizer, task, task.eval_examples("val"), stats["max_new_tokens"])[0]
+    assert abs(acc - 0.504) <= 6 / 512, acc
+
+
+def test_damaged_shipped_organism2_is_one_error_line_and_scratch_trains_its_recipe(tmp_path, monkeypatch):
+    import shutil
+
+    import selfrl.organism as organism
+    from selfrl.errors import SelfRLError
+
+    copy = tmp_path / "organism2"
+    shutil.copytree(organism.SHIPPED_ORGANISM2, copy)
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-1] ^= 1  # one bit of one weight
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    monkeypatch.setattr(organism, "SHIPPED_ORGANISM2", copy)
+    with pytest.raises(SelfRLError, match=r"does not match organism2's recorded digest.*organism2-scratch") as err:
+        resolve_organism("organism2", progress=False)
+    assert "\n" not in str(err.value)
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(SelfRLError, match=r"model.safetensors is missing"):
+        resolve_organism("organism2", progress=False)
+
+    trained = []
+
+    def fake_training(task, spec, out_dir, progress=True):  # records what it was asked to build, instantly
+        trained.append((task.name, spec))
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "organism.json").write_text("{}")
+        return {}
+
+    monkeypatch.setenv("SELFRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(organism, "train_task_organism", fake_training)
+    built = Path(resolve_organism("organism2-scratch", progress=False))
+    assert trained == [("sums", organism.ORGANISM2)] and built.parent == tmp_path / "cache"
