@@ -223,12 +223,18 @@ def task_organism_path(task_spec: str, spec: OrganismSpec = OrganismSpec(), prog
     return cached_task_organism(load_task(task_spec), spec, progress)
 
 
+def task_organism_key(task, spec: OrganismSpec) -> str:
+    """The cache name of `task`'s organism under `spec`: the task's name, the spec's hash and a digest of the task's
+    warm-up data and vocabulary."""
+    pairs = task_sft_pairs(task)
+    digest = hashlib.sha256(json.dumps([pairs, task_chars(task, pairs)]).encode()).hexdigest()[:10]
+    return f"organism-{getattr(task, 'name', 'task')}-{spec.key()}-{digest}"
+
+
 def cached_task_organism(task, spec: OrganismSpec, progress: bool = True) -> Path:
     """The cached organism of the task object `task` under `spec`, trained first if it is not cached yet: keyed by the
     task's name, the spec's hash and a digest of the task's warm-up data and vocabulary."""
-    pairs = task_sft_pairs(task)
-    digest = hashlib.sha256(json.dumps([pairs, task_chars(task, pairs)]).encode()).hexdigest()[:10]
-    final = cache_dir() / f"organism-{getattr(task, 'name', 'task')}-{spec.key()}-{digest}"
+    final = cache_dir() / task_organism_key(task, spec)
     if (final / "organism.json").is_file():
         return final
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
