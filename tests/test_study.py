@@ -308,13 +308,15 @@ def _but(cfg, *fields):
     return {k: v for k, v in vars(cfg).items() if k not in (*fields, "output_dir")}
 
 
-def _assert_rows_differ_from_their_twins_only_in(suffix, twin_suffix, field, values):
-    """study.yaml's rows ending in `suffix` are SETTING_ROWS in order (no other row ends in its last part), and each
-    equals its `twin_suffix` row except for `field`, which is (row's, twin's) == `values`."""
+def _assert_rows_differ_from_their_twins_only_in(suffix, twin_suffix, field, values, extra=()):
+    """study.yaml's rows ending in `suffix` are SETTING_ROWS in order, then `extra` (no other row ends in its last
+    part), and each SETTING_ROWS one equals its `twin_suffix` row except for `field`, which is (row's, twin's) ==
+    `values`."""
     runs = build_runs(load_study("study"), Path("runs/study"))
     rows = {r.row: r.cfg for r in runs}
     tail = "-" + suffix.rsplit("-", 1)[1]
-    assert list(dict.fromkeys(r.row for r in runs if r.row.endswith(tail))) == [f"{n}{suffix}" for n in SETTING_ROWS]
+    assert list(dict.fromkeys(r.row for r in runs if r.row.endswith(tail))) \
+        == [f"{n}{suffix}" for n in SETTING_ROWS] + list(extra)
     for n in SETTING_ROWS:
         row, twin = rows[f"{n}{suffix}"], rows[f"{n}{twin_suffix}"]
         assert (getattr(row, field), getattr(twin, field)) == values
@@ -329,7 +331,24 @@ def test_study_rows_of_the_cosine_collapse_setting_at_1500_steps():
 def test_study_rows_of_the_1500_step_setting_at_16_prompts_per_step():
     """The -p16 rows are the 1500-step rows (tested above) with twice the prompts per step, and nothing else."""
     _assert_rows_differ_from_their_twins_only_in(
-        "-cosine1.5e-4-1500steps-p16", "-cosine1.5e-4-1500steps", "prompts_per_step", (16, 8))
+        "-cosine1.5e-4-1500steps-p16", "-cosine1.5e-4-1500steps", "prompts_per_step", (16, 8), extra=[ANCHOR_128])
+
+
+ANCHOR_128 = "mgrpo+iqr-g128-n120-m0.9999-cosine1.5e-4-1500steps-p16"
+
+
+def test_study_row_of_the_128_vote_anchor_is_the_p16_anchor_with_more_votes_and_the_tuned_row():
+    """The 120-of-128 anchor row is the 24-of-32 -p16 anchor row with 96 more momentum votes (the same 8 trained
+    policy rollouts) and nothing else, and the very run study_tuning.yaml tuned on seeds 100-102."""
+    study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    row, twin = study[ANCHOR_128], study["mgrpo+iqr-g32-n24-m0.9999-cosine1.5e-4-1500steps-p16"]
+    assert tuple(row.sizes())[1:] == (128, 8, 120) and tuple(twin.sizes())[1:] == (32, 8, 24)
+    assert _but(row, "num_generations", "num_momentum_generations") \
+        == _but(twin, "num_generations", "num_momentum_generations")
+    tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t"))
+             if r.row == "mgrpo+iqr-lr1.5e-4-g128-m0.9999-n120-cosine-1500steps-p16"]
+    assert {r.seed for r in tuned} == {100, 101, 102}
+    assert _but(tuned[0].cfg, "seed") == _but(row, "seed")
 
 
 def test_more_seeds_runs_the_studys_own_1500_step_anchor_and_oracle_rows():
