@@ -14,7 +14,7 @@ import yaml
 from selfrl import detector
 from selfrl.errors import ConfigError
 from selfrl.logger import read_metrics
-from selfrl.lab.report import Outcome, detector_table
+from selfrl.lab.report import Outcome, detector_table, plot_study
 from selfrl.lab.study import build_runs, default_out, load_study, run_study
 from tests.conftest import tiny_sets
 from tests.test_cli import run_cli
@@ -182,6 +182,20 @@ def test_detector_table_on_hand_made_metrics(monkeypatch):
     assert table["oracle"] == {"row": "oracle", "runs": 1, "watched": 1, "alarmed": 1, "fell": 0, "leads": [],
                                "mean_lead": None, "oracle_alarms": 1, "alarms_without_fall": 1}
     assert table["mgrpo"]["runs"] == 0 and table["mgrpo"]["mean_lead"] is None
+
+
+def test_curves_say_which_panels_no_run_logged(tmp_path):
+    """A study without the collapse detector (the demo's) logs no canary: its panel says why instead of staying
+    blank, and only that panel."""
+    def run(seed, canary):
+        rows = [{"step": s, "val/accuracy": 0.5, "val/mean@k": 0.4, "reward/pseudo": 0.5, "policy/entropy": 0.2,
+                 "vote/majority_share": 0.6} for s in range(3)]
+        return Outcome("srt", seed, "done", {"method": "srt"},
+                       rows + ([{"step": 2, "canary/majority_share": 0.7}] if canary else []))
+
+    assert plot_study([run(0, False), run(1, False)], tmp_path / "a.png") == ["canary/majority_share"]
+    assert plot_study([run(0, False), run(1, True)], tmp_path / "b.png") == []
+    assert (tmp_path / "a.png").stat().st_size > 10_000
 
 
 BAD = [

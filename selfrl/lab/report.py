@@ -30,6 +30,8 @@ PANELS = [  # curves.png: the labelled results first, then the label-free signal
     ("vote/majority_share", "majority share of the training vote"),
     ("canary/majority_share", "majority share on the canary prompts"),
 ]
+# What an empty panel says instead of staying blank: the canary is checked only with the collapse detector on.
+EMPTY_PANEL = {"canary/majority_share": "no run checked the canary\n(it runs with collapse_detector on)"}
 
 
 @dataclass
@@ -200,7 +202,8 @@ def smooth(curve: list[tuple[int, float]], every_step: int = 100, window: int = 
     return [(step, statistics.fmean(values[max(0, j - window + 1) : j + 1])) for j, (step, _) in enumerate(curve)]
 
 
-def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
+def plot_study(outcomes: list[Outcome], out_png: Path) -> list[str]:
+    """Draw the PANELS as curves.png; returns the metrics no run logged, whose panels say so instead of staying blank."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,9 +234,13 @@ def plot_study(outcomes: list[Outcome], out_png: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, EMPTY_PANEL.get(key, "no run logged it"), transform=ax.transAxes, ha="center",
+                    va="center", color="0.4", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110, format="png")  # format: the path may be a temp name
     plt.close(fig)
+    return [key for ax, (key, _) in zip(axes.flat, PANELS) if not ax.lines]
 
 
 def _cell(s: dict | None, signed: bool = False) -> str:
