@@ -25,7 +25,9 @@ demo: venv
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadscope
 
-# The stability study behind docs/results.md (about 1.5 h on 2 cores; resumable: run it again after an interruption).
+# The stability study behind docs/results.md: every row of every section, many hours on 2 cores (each section of
+# docs/results.md names its own `selfrl study study --only ROWS` and its time; the build-B study took about 2 h).
+# Resumable: run it again after an interruption.
 study: venv
 	$(VENV)/bin/selfrl study study
 
