@@ -75,6 +75,11 @@ class Config:
     # --- M-GRPO anchor and filter --------------------------------------------------------------------------
     ema_decay: float = 0.99
     """m: momentum model update θk ← m·θk + (1 − m)·θq after every optimizer step."""
+    ema_decay_end: float | None = None
+    """mgrpo (ours, opt-in): the momentum model's decay at max_steps, reached from `ema_decay` along a cosine on its
+    update rate 1 − m (as Co-rewarding-II anneals its teacher's rate, here rising): e.g. 0.9999 → 0.999 keeps the
+    anchor near the start while the learning rate is high and lets it follow the policy as the rate decays. None: a
+    constant `ema_decay` (the paper)."""
     iqr_filter: bool = False
     """Drop low-entropy trajectories per prompt (H < Q1 − k·IQR) from the vote and the loss. Opt-in on any voting method."""
     iqr_k: float = 0.75
@@ -243,6 +248,11 @@ class Config:
         if self.vote_ties == "momentum" and self.method != "mgrpo":
             raise ConfigError(f"vote_ties: 'momentum' breaks ties in mgrpo's pooled vote; {self.method} pools no "
                               "momentum rollouts with the policy's")
+        if self.ema_decay_end is not None and self.method != "mgrpo":
+            raise ConfigError(f"ema_decay_end: schedules mgrpo's momentum model; {self.method} has none")
+        if self.ema_decay_end is not None and self.rollback_ema_decay is not None:
+            raise ConfigError("ema_decay_end: both it and rollback_ema_decay would set the momentum model's decay; "
+                              "set one")
         if self.method == "intuitor" and (self.offline_labels or self.online_filter is not None):
             raise ConfigError("offline_labels/online_filter: intuitor's reward is self-certainty, not a vote")
         if self.method == "ttrl" and self.num_votes < self.num_generations:
@@ -273,6 +283,7 @@ class Config:
             ("max_completion_length", self.max_completion_length >= 1, ">= 1"),
             ("temperature", self.temperature > 0, "> 0"),
             ("ema_decay", 0.0 <= self.ema_decay <= 1.0, "in [0, 1]"),
+            ("ema_decay_end", self.ema_decay_end is None or 0.0 <= self.ema_decay_end <= 1.0, "in [0, 1] or null"),
             ("iqr_k", self.iqr_k >= 0, ">= 0"),
             ("learning_rate", self.learning_rate > 0, "> 0"),
             ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "in [0, 1)"),

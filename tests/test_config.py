@@ -198,6 +198,14 @@ def test_sizes_are_derived_once():
     assert tuple(load_config(None, ["method=ttrl", "num_generations=4", "num_votes=6", "prompts_per_step=4"]).sizes(2)) == (2, 6, 4, 0)
 
 
+def test_ema_decay_end_is_mgrpos_and_not_beside_the_rollbacks_decay():
+    assert load_config(None, ["ema_decay_end=0.999"]).ema_decay_end == 0.999  # mgrpo, the default method
+    assert load_config(None, []).ema_decay_end is None  # the paper's constant decay by default
+    assert config_error(None, ["method=srt", "ema_decay_end=0.999"]).startswith("ema_decay_end: ")
+    assert config_error(None, ["ema_decay_end=0.999", "rollback_ema_decay=0.995"]).startswith("ema_decay_end: ")
+    assert config_error(None, ["ema_decay_end=1.5"]).startswith("ema_decay_end")
+
+
 def test_vote_ties_momentum_needs_mgrpo():
     assert load_config(None, ["vote_ties=momentum"]).vote_ties == "momentum"  # mgrpo, the default method
     msg = config_error(None, ["method=srt", "vote_ties=momentum"])

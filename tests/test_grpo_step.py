@@ -95,6 +95,24 @@ def test_corewarding_labels_are_the_teachers_vote(tiny_model_dir, tmp_path, monk
     assert abs(out.metrics["anchor/ema_decay"] - 0.99) < 1e-12 and out.metrics["anchor/kl"] is not None
 
 
+def test_ema_decay_end_schedules_the_momentum_models_rate(tiny_model_dir, tmp_path):
+    """Opt-in: mgrpo's momentum rate 1 - m rises from 1 - ema_decay to 1 - ema_decay_end along cosine_anneal, and
+    each step's update uses that step's m."""
+    s = setup(load_config(None, tiny_sets(tiny_model_dir, tmp_path / "m", method="mgrpo", num_generations=4,
+                                          num_momentum_generations=2, ema_decay=0.9, ema_decay_end=0.5,
+                                          max_steps=3)))
+    for step in (1, 2, 3):
+        before = [p.detach().clone() for p in s.momentum.parameters()]
+        out = grpo_step(s, step, s.cfg.sizes(), OFF)
+        m = 1.0 - core.cosine_anneal(step, 3, 0.1, 0.5)  # steps 1, 2, 3: rate 0.1, 0.2, 0.4
+        assert abs(out.metrics["anchor/ema_decay"] - m) < 1e-12
+        moved = [(p.detach() - b) for p, b in zip(s.momentum.parameters(), before)]
+        want = [(1 - m) * (q.detach().float() - b) for q, b in zip(s.model.parameters(), before)]
+        assert max(a.abs().max().item() for a in moved) > 1e-4  # the policy stepped, so the momentum model moved
+        assert max((a - w).abs().max().item() for a, w in zip(moved, want)) < 1e-5
+    assert [round(1 - core.cosine_anneal(k, 3, 0.1, 0.5), 6) for k in (1, 2, 3)] == [0.9, 0.8, 0.6]
+
+
 def test_vote_ties_momentum_reads_the_pool_from_the_momentum_voters(tiny_model_dir, tmp_path, monkeypatch):
     sets = dict(method="mgrpo", num_generations=4, num_momentum_generations=1)
     for ties, first in (("policy", 0), ("momentum", 3)):  # pool [3 policy | 1 momentum]: momentum is voter 3
