@@ -290,10 +290,8 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     if updates:
         s.scheduler.step()  # the schedule counts training steps (rollout batches), not passes
     # 6. momentum update after the optimizer step, every step that updated the policy
-    if cfg.method == "corewarding":  # the teacher's rate, cosine-annealed (Co-rewarding-II's code: 0.01 -> 1e-5)
-        s.ema_decay = 1.0 - core.cosine_anneal(step, cfg.max_steps, cfg.teacher_alpha_start, cfg.teacher_alpha_end)
-    elif cfg.method == "mgrpo" and cfg.ema_decay_end is not None:  # opt-in: the momentum model's rate, scheduled
-        s.ema_decay = 1.0 - core.cosine_anneal(step, cfg.max_steps, 1.0 - cfg.ema_decay, 1.0 - cfg.ema_decay_end)
+    if (rates := cfg.anchor_rate_schedule()) is not None:  # corewarding's teacher; mgrpo with ema_decay_end
+        s.ema_decay = 1.0 - core.cosine_anneal(step, cfg.max_steps, *rates)
     if s.ema_pairs is not None and updates:
         ema, src = s.ema_pairs  # sharded: each process's own slices of both, so no communication
         core.ema_update_(fsdp.local_shards(ema), [p.detach().float() for p in fsdp.local_shards(src)], s.ema_decay)

@@ -224,6 +224,16 @@ class Config:
             return self.num_momentum_generations
         return {"mgrpo": self.num_generations // 4, "corewarding": self.num_generations}.get(self.method, 0)
 
+    def anchor_rate_schedule(self) -> tuple[float, float] | None:
+        """The EMA copy's update rate 1 − m at step 1 and at max_steps, cosine-annealed between them each step
+        (core.cosine_anneal): corewarding's teacher always (Co-rewarding-II's code: 0.01 -> 1e-5), mgrpo's momentum
+        model with the opt-in `ema_decay_end`. None: a constant `ema_decay`."""
+        if self.method == "corewarding":
+            return self.teacher_alpha_start, self.teacher_alpha_end
+        if self.method == "mgrpo" and self.ema_decay_end is not None:
+            return 1.0 - self.ema_decay, 1.0 - self.ema_decay_end
+        return None
+
     def validate(self) -> "Config":
         """Raise ConfigError naming the first invalid field."""
         if self.method not in METHODS:

@@ -210,6 +210,7 @@ def plot_study(outcomes: list[Outcome], out_png: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 8))
+    empty = []
     by_row = _by_row(outcomes)
     palette = plt.cm.tab10 if len(by_row) <= 10 else plt.cm.tab20  # distinct colours for up to 20 rows
     for i, (row, runs) in enumerate(by_row.items()):
@@ -235,12 +236,13 @@ def plot_study(outcomes: list[Outcome], out_png: Path) -> list[str]:
         if ax.lines:
             ax.legend(fontsize=8)
         else:
+            empty.append(key)
             ax.text(0.5, 0.5, EMPTY_PANEL.get(key, "no run logged it"), transform=ax.transAxes, ha="center",
                     va="center", color="0.4", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110, format="png")  # format: the path may be a temp name
     plt.close(fig)
-    return [key for ax, (key, _) in zip(axes.flat, PANELS) if not ax.lines]
+    return empty
 
 
 def _cell(s: dict | None, signed: bool = False) -> str:
