@@ -310,6 +310,9 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
         "policy/response_length": resp_mask.sum(1).mean().item(),
         "filter/dropped": int((~keep).sum()),
         "filter/dropped_frac": float((~keep).float().mean()),
+        # of the trained policy rollouts alone: the pooled group's quartiles are mostly the momentum model's when it
+        # casts most votes, so a policy sharper than its anchor can lose most of its trained rollouts to the filter
+        "filter/trained_dropped_frac": float((~keep_train).float().mean()) if b else 0.0,
         "filter/prompts_kept": b_all / drawn if cfg.online_filter is not None else None,
         "anchor/kl": anchor_kl if N else None,
         "anchor/ema_decay": s.ema_decay if N else None,
@@ -321,7 +324,8 @@ def grpo_step(s: Setup, step: int, sizes: Sizes, amp) -> StepOut:
     n_resp = resp_mask.sum().item()
     weights = {"reward/pseudo": kept_r.numel(), "vote/majority_share": b, "vote/unanimous_groups": b,
                "policy/entropy": n_resp, "policy/self_certainty": n_resp, "policy/response_length": b * M,
-               "filter/dropped_frac": b * G, "anchor/kl": n_resp, "reward/label_accuracy": b,
+               "filter/dropped_frac": b * G,
+               "filter/trained_dropped_frac": b * M, "anchor/kl": n_resp, "reward/label_accuracy": b,
                "reward/true": int(keep_train.sum())}
     why = ("loss" if not torch.isfinite(loss) else "gradient") if skipped else None
     return StepOut(metrics, weights, ids, labels, answers, keep_train.tolist(), why)

@@ -2,6 +2,7 @@
 and the loss; TTRL votes over num_votes and trains the first num_generations; num_iterations makes epsilon act."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import selfrl.grpo as grpo
@@ -44,6 +45,8 @@ def test_iqr_drops_leave_vote_advantages_and_loss(tiny_model_dir, tmp_path, monk
     assert torch.equal(keep_train, forced[:, :M])
     assert (advs[0][2][:, 0] == 0).all()  # a dropped rollout gets no advantage
     assert out.metrics["filter/dropped"] == B + 1  # 4 policy rows + 1 momentum row
+    assert out.metrics["filter/trained_dropped_frac"] == pytest.approx(1 / M)  # one of each prompt's M trained rows
+    assert out.metrics["filter/dropped_frac"] == pytest.approx((B + 1) / (B * G))
     # the loss mask of every dropped trained row is zero (rows that stay in the loss are the live ones)
     (logp, old, adv, mask, *_), _, _ = losses[0]
     assert mask.shape[0] <= B * (M - 1) and mask.sum() > 0
