@@ -345,10 +345,11 @@ def test_study_rows_of_the_cosine_collapse_setting_at_1500_steps():
 def test_study_rows_of_the_1500_step_setting_at_16_prompts_per_step():
     """The -p16 rows are the 1500-step rows (tested above) with twice the prompts per step, and nothing else."""
     _assert_rows_differ_from_their_twins_only_in(
-        "-cosine1.5e-4-1500steps-p16", "-cosine1.5e-4-1500steps", "prompts_per_step", (16, 8), extra=[ANCHOR_128])
+        "-cosine1.5e-4-1500steps-p16", "-cosine1.5e-4-1500steps", "prompts_per_step", (16, 8), extra=[ANCHOR_128, ANCHOR_128_NO_IQR])
 
 
 ANCHOR_128 = "mgrpo+iqr-g128-n120-m0.9999-cosine1.5e-4-1500steps-p16"
+ANCHOR_128_NO_IQR = "mgrpo-g128-n120-m0.9999-cosine1.5e-4-1500steps-p16"
 
 
 def test_study_row_of_the_128_vote_anchor_is_the_p16_anchor_with_more_votes_and_the_tuned_row():
@@ -362,6 +363,19 @@ def test_study_row_of_the_128_vote_anchor_is_the_p16_anchor_with_more_votes_and_
     tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t"))
              if r.row == "mgrpo+iqr-lr1.5e-4-g128-m0.9999-n120-cosine-1500steps-p16"]
     assert {r.seed for r in tuned} == {100, 101, 102}
+    assert _but(tuned[0].cfg, "seed") == _but(row, "seed")
+
+
+def test_study_row_of_the_128_vote_anchor_without_iqr_is_that_row_less_the_filter_and_the_tuned_row():
+    """The IQR ablation of the 120-of-128 anchor differs from it in iqr_filter alone, and is the very run
+    study_tuning.yaml tuned on seeds 100-101."""
+    study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    row, twin = study[ANCHOR_128_NO_IQR], study[ANCHOR_128]
+    assert (row.iqr_filter, twin.iqr_filter) == (False, True)
+    assert _but(row, "iqr_filter") == _but(twin, "iqr_filter")
+    tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t"))
+             if r.row == "mgrpo-lr1.5e-4-g128-m0.9999-n120-cosine-1500steps-p16"]
+    assert {r.seed for r in tuned} == {100, 101}
     assert _but(tuned[0].cfg, "seed") == _but(row, "seed")
 
 
