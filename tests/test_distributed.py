@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 COUNT_TOL = 1e-6
 METRIC_TOL = 1e-4
 WEIGHT_TOL = 1e-3
-COUNTS = ["filter/dropped", "filter/dropped_frac", "filter/trained_dropped_frac", "policy/response_length", "vote/majority_share",
-         "vote/unanimous_groups", "vote/answer_diversity", "reward/true", "reward/label_accuracy", "val/accuracy",
-         "train/skipped", "lr"]
+COUNTS = ["filter/dropped", "filter/dropped_frac", "filter/trained_dropped_frac", "policy/response_length",
+          "vote/majority_share", "vote/unanimous_groups", "vote/answer_diversity", "reward/true",
+          "reward/label_accuracy", "val/accuracy", "train/skipped", "lr"]
 CLOSE = ["loss/pg", "loss/kl", "loss/clip_frac", "reward/pseudo", "grad/norm", "policy/entropy",
          "policy/self_certainty", "anchor/kl"]
 RUN = dict(method="mgrpo", iqr_filter="true", max_steps=3, torch_threads=1, beta=0.01)

@@ -345,7 +345,8 @@ def test_study_rows_of_the_cosine_collapse_setting_at_1500_steps():
 def test_study_rows_of_the_1500_step_setting_at_16_prompts_per_step():
     """The -p16 rows are the 1500-step rows (tested above) with twice the prompts per step, and nothing else."""
     _assert_rows_differ_from_their_twins_only_in(
-        "-cosine1.5e-4-1500steps-p16", "-cosine1.5e-4-1500steps", "prompts_per_step", (16, 8), extra=[ANCHOR_128, ANCHOR_128_NO_IQR])
+        "-cosine1.5e-4-1500steps-p16", "-cosine1.5e-4-1500steps", "prompts_per_step", (16, 8),
+        extra=[ANCHOR_128, ANCHOR_128_NO_IQR])
 
 
 ANCHOR_128 = "mgrpo+iqr-g128-n120-m0.9999-cosine1.5e-4-1500steps-p16"
