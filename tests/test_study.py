@@ -346,11 +346,12 @@ def test_study_rows_of_the_1500_step_setting_at_16_prompts_per_step():
     """The -p16 rows are the 1500-step rows (tested above) with twice the prompts per step, and nothing else."""
     _assert_rows_differ_from_their_twins_only_in(
         "-cosine1.5e-4-1500steps-p16", "-cosine1.5e-4-1500steps", "prompts_per_step", (16, 8),
-        extra=[ANCHOR_128, ANCHOR_128_NO_IQR])
+        extra=[ANCHOR_128, ANCHOR_128_NO_IQR, ANCHOR_136_NO_IQR])
 
 
 ANCHOR_128 = "mgrpo+iqr-g128-n120-m0.9999-cosine1.5e-4-1500steps-p16"
 ANCHOR_128_NO_IQR = "mgrpo-g128-n120-m0.9999-cosine1.5e-4-1500steps-p16"
+ANCHOR_136_NO_IQR = "mgrpo-g136-n120-m0.9999-cosine1.5e-4-1500steps-p16"
 
 
 def test_study_row_of_the_128_vote_anchor_is_the_p16_anchor_with_more_votes_and_the_tuned_row():
@@ -376,6 +377,19 @@ def test_study_row_of_the_128_vote_anchor_without_iqr_is_that_row_less_the_filte
     assert _but(row, "iqr_filter") == _but(twin, "iqr_filter")
     tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t"))
              if r.row == "mgrpo-lr1.5e-4-g128-m0.9999-n120-cosine-1500steps-p16"]
+    assert {r.seed for r in tuned} == {100, 101}
+    assert _but(tuned[0].cfg, "seed") == _but(row, "seed")
+
+
+def test_study_row_with_16_trained_rollouts_is_the_no_iqr_anchor_with_8_more_policy_rollouts_and_the_tuned_row():
+    """The 16-policy-rollout row keeps the same 120 momentum votes and trains twice the policy rollouts; nothing else
+    differs from the no-IQR 128-vote row, and it is the very run study_tuning.yaml tuned on seeds 100-101."""
+    study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    row, twin = study[ANCHOR_136_NO_IQR], study[ANCHOR_128_NO_IQR]
+    assert tuple(row.sizes())[1:] == (136, 16, 120) and tuple(twin.sizes())[1:] == (128, 8, 120)
+    assert _but(row, "num_generations") == _but(twin, "num_generations")
+    tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t"))
+             if r.row == "mgrpo-lr1.5e-4-g136-m0.9999-n120-cosine-1500steps-p16"]
     assert {r.seed for r in tuned} == {100, 101}
     assert _but(tuned[0].cfg, "seed") == _but(row, "seed")
 
