@@ -322,6 +322,13 @@ def _but(cfg, *fields):
     return {k: v for k, v in vars(cfg).items() if k not in (*fields, "output_dir")}
 
 
+def _assert_is_the_tuned_run(cfg, tuned_row, seeds):
+    """`cfg` is the very run study_tuning.yaml's row `tuned_row` ran on `seeds`, but for the seed."""
+    tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t")) if r.row == tuned_row]
+    assert {r.seed for r in tuned} == set(seeds)
+    assert _but(tuned[0].cfg, "seed") == _but(cfg, "seed")
+
+
 def _assert_rows_differ_from_their_twins_only_in(suffix, twin_suffix, field, values, extra=()):
     """study.yaml's rows ending in `suffix` are SETTING_ROWS in order, then `extra` (no other row ends in its last
     part), and each SETTING_ROWS one equals its `twin_suffix` row except for `field`, which is (row's, twin's) ==
@@ -362,10 +369,7 @@ def test_study_row_of_the_128_vote_anchor_is_the_p16_anchor_with_more_votes_and_
     assert tuple(row.sizes())[1:] == (128, 8, 120) and tuple(twin.sizes())[1:] == (32, 8, 24)
     assert _but(row, "num_generations", "num_momentum_generations") \
         == _but(twin, "num_generations", "num_momentum_generations")
-    tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t"))
-             if r.row == "mgrpo+iqr-lr1.5e-4-g128-m0.9999-n120-cosine-1500steps-p16"]
-    assert {r.seed for r in tuned} == {100, 101, 102}
-    assert _but(tuned[0].cfg, "seed") == _but(row, "seed")
+    _assert_is_the_tuned_run(row, "mgrpo+iqr-lr1.5e-4-g128-m0.9999-n120-cosine-1500steps-p16", {100, 101, 102})
 
 
 def test_study_row_of_the_128_vote_anchor_without_iqr_is_that_row_less_the_filter_and_the_tuned_row():
@@ -375,10 +379,7 @@ def test_study_row_of_the_128_vote_anchor_without_iqr_is_that_row_less_the_filte
     row, twin = study[ANCHOR_128_NO_IQR], study[ANCHOR_128]
     assert (row.iqr_filter, twin.iqr_filter) == (False, True)
     assert _but(row, "iqr_filter") == _but(twin, "iqr_filter")
-    tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t"))
-             if r.row == "mgrpo-lr1.5e-4-g128-m0.9999-n120-cosine-1500steps-p16"]
-    assert {r.seed for r in tuned} == {100, 101}
-    assert _but(tuned[0].cfg, "seed") == _but(row, "seed")
+    _assert_is_the_tuned_run(row, "mgrpo-lr1.5e-4-g128-m0.9999-n120-cosine-1500steps-p16", {100, 101})
 
 
 def test_study_row_with_16_trained_rollouts_is_the_no_iqr_anchor_with_8_more_policy_rollouts_and_the_tuned_row():
@@ -388,10 +389,7 @@ def test_study_row_with_16_trained_rollouts_is_the_no_iqr_anchor_with_8_more_pol
     row, twin = study[ANCHOR_136_NO_IQR], study[ANCHOR_128_NO_IQR]
     assert tuple(row.sizes())[1:] == (136, 16, 120) and tuple(twin.sizes())[1:] == (128, 8, 120)
     assert _but(row, "num_generations") == _but(twin, "num_generations")
-    tuned = [r for r in build_runs(load_study("study_tuning"), Path("runs/t"))
-             if r.row == "mgrpo-lr1.5e-4-g136-m0.9999-n120-cosine-1500steps-p16"]
-    assert {r.seed for r in tuned} == {100, 101}
-    assert _but(tuned[0].cfg, "seed") == _but(row, "seed")
+    _assert_is_the_tuned_run(row, "mgrpo-lr1.5e-4-g136-m0.9999-n120-cosine-1500steps-p16", {100, 101})
 
 
 def test_more_seeds_runs_the_studys_own_1500_step_anchor_and_oracle_rows():
