@@ -283,7 +283,7 @@ def test_tuning_and_calibration_train_only_on_seeds_the_study_does_not_report(na
 
 
 def test_study_rows_of_the_g32_and_collapse_probes():
-    rows = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    rows = _study_cfgs()
     assert rows["mgrpo-g32"].num_generations == 32 and rows["mgrpo-g32"].num_momentum_generations is None
     assert {rows[f"{m}-lr1.5e-4"].learning_rate for m in ("oracle", "srt", "mgrpo", "corewarding")} == {1.5e-4}
     # SRT at G 8, 16 and 32 in the collapse regime, as issue 14 asks
@@ -302,7 +302,7 @@ def test_study_rows_of_the_g32_and_collapse_probes():
 def test_study_rows_of_the_cosine_collapse_setting():
     # one setting for every part of issue 14's target: cosine with warm-up 0.1 at peak 1.5e-4; SRT at G 8, 16 and 32,
     # oracle for the bar, corewarding to compare, and the 24-of-32 anchor row (M = 8 trained policy rollouts)
-    rows = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    rows = _study_cfgs()
     names = ["mgrpo+iqr-g32-n24-m0.9999", "srt-g32", "srt-g16", "srt", "oracle", "corewarding"]
     cfgs = [rows[f"{n}-cosine1.5e-4"] for n in names]
     settings = {(c.learning_rate, c.lr_scheduler_type, c.warmup_ratio, c.max_steps) for c in cfgs}
@@ -315,6 +315,11 @@ def test_study_rows_of_the_cosine_collapse_setting():
 
 # the cosine collapse setting's six rows, in study order (the anchor row and the oracle bar first)
 SETTING_ROWS = ["mgrpo+iqr-g32-n24-m0.9999", "oracle", "srt-g32", "srt-g16", "srt", "corewarding"]
+
+
+def _study_cfgs():
+    """study.yaml's rows by name -> a run's config (its last seed's; a row's runs differ only in seed and output_dir)."""
+    return {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
 
 
 def _but(cfg, *fields):
@@ -364,7 +369,7 @@ ANCHOR_136_NO_IQR = "mgrpo-g136-n120-m0.9999-cosine1.5e-4-1500steps-p16"
 def test_study_row_of_the_128_vote_anchor_is_the_p16_anchor_with_more_votes_and_the_tuned_row():
     """The 120-of-128 anchor row is the 24-of-32 -p16 anchor row with 96 more momentum votes (the same 8 trained
     policy rollouts) and nothing else, and the very run study_tuning.yaml tuned on seeds 100-102."""
-    study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    study = _study_cfgs()
     row, twin = study[ANCHOR_128], study["mgrpo+iqr-g32-n24-m0.9999-cosine1.5e-4-1500steps-p16"]
     assert tuple(row.sizes())[1:] == (128, 8, 120) and tuple(twin.sizes())[1:] == (32, 8, 24)
     assert _but(row, "num_generations", "num_momentum_generations") \
@@ -375,7 +380,7 @@ def test_study_row_of_the_128_vote_anchor_is_the_p16_anchor_with_more_votes_and_
 def test_study_row_of_the_128_vote_anchor_without_iqr_is_that_row_less_the_filter_and_the_tuned_row():
     """The IQR ablation of the 120-of-128 anchor differs from it in iqr_filter alone, and is the very run
     study_tuning.yaml tuned on seeds 100-101."""
-    study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    study = _study_cfgs()
     row, twin = study[ANCHOR_128_NO_IQR], study[ANCHOR_128]
     assert (row.iqr_filter, twin.iqr_filter) == (False, True)
     assert _but(row, "iqr_filter") == _but(twin, "iqr_filter")
@@ -385,7 +390,7 @@ def test_study_row_of_the_128_vote_anchor_without_iqr_is_that_row_less_the_filte
 def test_study_row_with_16_trained_rollouts_is_the_no_iqr_anchor_with_8_more_policy_rollouts_and_the_tuned_row():
     """The 16-policy-rollout row keeps the same 120 momentum votes and trains twice the policy rollouts; nothing else
     differs from the no-IQR 128-vote row, and it is the very run study_tuning.yaml tuned on seeds 100-101."""
-    study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    study = _study_cfgs()
     row, twin = study[ANCHOR_136_NO_IQR], study[ANCHOR_128_NO_IQR]
     assert tuple(row.sizes())[1:] == (136, 16, 120) and tuple(twin.sizes())[1:] == (128, 8, 120)
     assert _but(row, "num_generations") == _but(twin, "num_generations")
@@ -394,7 +399,7 @@ def test_study_row_with_16_trained_rollouts_is_the_no_iqr_anchor_with_8_more_pol
 
 def test_more_seeds_runs_the_studys_own_1500_step_anchor_and_oracle_rows():
     """study_more_seeds adds seeds to two of study.yaml's rows; the same name must mean the same run."""
-    study = {r.row: r.cfg for r in build_runs(load_study("study"), Path("runs/study"))}
+    study = _study_cfgs()
     more = build_runs(load_study("study_more_seeds"), Path("runs/more"))
     assert {r.seed for r in more} == {3, 4, 5}
     for run in more:
